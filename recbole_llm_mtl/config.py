@@ -1,0 +1,177 @@
+"""Building RecBole ``Config`` objects for LLMMTL and any RecBole model.
+
+Precedence, lowest first: RecBole's defaults < ``properties/overall.yaml`` < the dataset
+YAML < the model YAML < ``--config_files`` < command-line ``--key=value``.
+"""
+
+import difflib
+import glob
+import importlib
+import inspect
+import logging
+import os
+
+import yaml
+from recbole.config import Config
+from recbole.model.abstract_recommender import AbstractRecommender
+
+from recbole_llm_mtl.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_RECBOLE_MODEL_MODULES = ("general_recommender", "sequential_recommender",
+                          "context_aware_recommender", "knowledge_aware_recommender")
+
+
+def _shipped_dir(name):
+    """``properties``/``dataset`` inside an installed wheel, else in the source tree."""
+    for base in (PACKAGE_DIR, os.path.dirname(PACKAGE_DIR)):
+        path = os.path.join(base, name)
+        if os.path.isdir(path):
+            return path
+    return os.path.join(os.path.dirname(PACKAGE_DIR), name)
+
+
+PROPERTIES_DIR = _shipped_dir("properties")
+DATASET_DIR = _shipped_dir("dataset")
+
+
+def plugin_models():
+    from recbole_llm_mtl.model import LLMMTL
+
+    return {"LLMMTL": LLMMTL}
+
+
+def recbole_models():
+    """Name -> class for RecBole's built-in models (the optional lightgbm/xgboost ones
+    are skipped: importing them fails when those libraries are absent)."""
+    models = {}
+    for sub in _RECBOLE_MODEL_MODULES:
+        module = importlib.import_module(f"recbole.model.{sub}")
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, AbstractRecommender) and not name.startswith("_"):
+                models[name] = obj
+    return models
+
+
+def get_model_class(name):
+    """Our models first, then RecBole's; a clear error lists what exists."""
+    if not isinstance(name, str):
+        return name
+    plugins = plugin_models()
+    if name in plugins:
+        return plugins[name]
+    builtin = recbole_models()
+    if name in builtin:
+        return builtin[name]
+    close = difflib.get_close_matches(name, list(plugins) + list(builtin), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"unknown model '{name}'.{hint} Available: {', '.join(plugins)} (ours) and "
+                      f"RecBole's {', '.join(sorted(builtin))}")
+
+
+def known_config_keys():
+    """Every key documented in RecBole's YAML files and ours (for typo warnings)."""
+    import recbole
+
+    keys = set()
+    roots = [os.path.join(os.path.dirname(recbole.__file__), "properties"), PROPERTIES_DIR]
+    for root in roots:
+        for path in glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True):
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+            if isinstance(data, dict):
+                keys.update(data)
+    # keys RecBole sets in code rather than in YAML
+    keys.update({"model", "dataset", "config_files", "data_path", "nproc", "world_size", "ip",
+                 "port", "group_offset", "offset", "local_rank", "gpu_id", "use_gpu",
+                 "benchmark_filename", "MODEL_TYPE", "MODEL_INPUT_TYPE", "device", "single_spec",
+                 "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args",
+                 "eval_type", "is_multi_label", "warm_up_step", "save_dataset", "save_dataloaders"})
+    return keys
+
+
+def warn_unknown_keys(config_dict, source):
+    known = known_config_keys()
+    for key in config_dict:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            logger.warning(f"config key '{key}' from {source} is not a known RecBole/LLMMTL key "
+                           f"and is probably ignored{hint}")
+
+
+class LLMConfig(Config):
+    """RecBole ``Config`` that takes command-line overrides as an argument instead of
+    reading ``sys.argv`` (so library calls and tests are not affected by the host's argv)."""
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
+                 cmd_overrides=None):
+        self._cmd_overrides = dict(cmd_overrides or {})
+        super().__init__(model, dataset, config_file_list, config_dict)
+
+    def _load_cmd_line(self):
+        return self._convert_config_dict(dict(self._cmd_overrides))
+
+    def _load_config_files(self, file_list):
+        try:
+            return super()._load_config_files(file_list)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"YAML syntax error in config file: {e}") from e
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {e.filename}") from e
+
+    def _set_default_parameters(self):
+        data_path = self.final_config_dict.get("data_path")
+        if data_path is None:
+            # default: ./dataset/<name> when present, else the datasets shipped with us
+            local = os.path.join("dataset", self.dataset)
+            self.final_config_dict["data_path"] = "dataset" if os.path.isdir(local) else DATASET_DIR
+        super()._set_default_parameters()
+
+
+def yaml_files(model_name, dataset):
+    """Our YAML files for a run, lowest precedence first."""
+    files = [os.path.join(PROPERTIES_DIR, "overall.yaml"),
+             os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
+             os.path.join(PROPERTIES_DIR, "model", f"{model_name}.yaml")]
+    return [f for f in files if os.path.isfile(f)]
+
+
+def check_dataset(config):
+    """Fail early, with the path, when the dataset files are missing."""
+    path, name = config["data_path"], config["dataset"]
+    if not os.path.isdir(path):
+        raise ConfigError(f"dataset folder '{path}' not found. Put {name}.inter (and {name}.item) "
+                          f"there, or set data_path to the folder that contains '{name}/'")
+    inter = os.path.join(path, f"{name}.inter")
+    if not os.path.isfile(inter) and not config["benchmark_filename"]:
+        raise ConfigError(f"'{inter}' not found: a RecBole dataset needs <name>.inter "
+                          "(see README: Bring your own data)")
+    load_col = config["load_col"] or {}
+    for suffix in load_col:
+        if suffix in ("item", "user") and not os.path.isfile(os.path.join(path, f"{name}.{suffix}")):
+            raise ConfigError(f"'{os.path.join(path, f'{name}.{suffix}')}' not found but load_col "
+                              f"asks for it; add the file or drop '{suffix}' from load_col")
+
+
+def build_config(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=None):
+    """A ready ``Config`` for ``model`` (name or class) on ``dataset``."""
+    model_class = get_model_class(model)
+    user_files = list(config_file_list or [])
+    for f in user_files:
+        if not os.path.isfile(f):
+            raise ConfigError(f"config file '{f}' not found")
+    for f in user_files:
+        with open(f, encoding="utf-8") as fh:
+            try:
+                warn_unknown_keys(yaml.safe_load(fh) or {}, f)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"YAML syntax error in {f}: {e}") from e
+    warn_unknown_keys(cmd_overrides or {}, "the command line")
+    files = yaml_files(model_class.__name__, dataset) + user_files
+    config = LLMConfig(model=model_class, dataset=dataset, config_file_list=files,
+                       config_dict=config_dict, cmd_overrides=cmd_overrides)
+    check_dataset(config)
+    return config

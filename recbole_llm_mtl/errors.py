@@ -1,0 +1,17 @@
+"""Errors raised for bad user input. The CLI prints their message, not a traceback."""
+
+
+class LLMMTLError(Exception):
+    """Base class: the message says what is wrong, where, and how to fix it."""
+
+
+class ConfigError(LLMMTLError):
+    """A config key, value, model name or model path is wrong."""
+
+
+class DataError(LLMMTLError):
+    """A dataset file, column or row is wrong."""
+
+
+class CacheError(LLMMTLError):
+    """A cache file is unusable (it is then rebuilt, never trusted)."""

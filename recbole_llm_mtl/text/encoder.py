@@ -51,19 +51,21 @@ def resolve_llm_path(path):
 
 
 def _from_pretrained(loader, path, **kwargs):
-    """Load from a folder or the local HF cache, with an actionable message offline."""
+    """Load from a folder, else the local HF cache, else the hub; clear message offline."""
     try:
-        return loader.from_pretrained(path, **kwargs)
-    except OSError as e:
         if os.path.isdir(path):
-            raise ConfigError(f"llm_path '{path}' could not be loaded as a HuggingFace model: {e}") from e
+            return loader.from_pretrained(path, **kwargs)
         try:
             return loader.from_pretrained(path, local_files_only=True, **kwargs)
         except OSError:
-            raise ConfigError(
-                f"llm_path '{path}' is not a local folder and could not be fetched from the "
-                "HuggingFace hub (offline?). Download it where you have network access "
-                "(huggingface-cli download NAME --local-dir DIR) and set llm_path: DIR") from e
+            return loader.from_pretrained(path, **kwargs)
+    except OSError as e:
+        if os.path.isdir(path):
+            raise ConfigError(f"llm_path '{path}' could not be loaded as a HuggingFace model: {e}") from e
+        raise ConfigError(
+            f"llm_path '{path}' is not a local folder, not in the local HuggingFace cache, and "
+            "could not be fetched from the hub (offline?). Download it where you have network "
+            "access (huggingface-cli download NAME --local-dir DIR) and set llm_path: DIR") from e
 
 
 def _fingerprint(path):

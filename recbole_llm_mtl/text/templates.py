@@ -44,11 +44,11 @@ def render_texts(dataset, feat, template, separator, what):
             f"{what} text fields {list(template)} are configured but dataset "
             f"'{dataset.dataset_name}' has no {what} feature file loaded: add "
             f"'{dataset.dataset_name}.{what}' or set {what}_text_fields: []")
-    missing = [f for f in template if f not in feat.interaction]
+    missing = [f for f in template if f not in feat.columns]
     if missing:
         raise ConfigError(
             f"{what} text field(s) {missing} not found in {dataset.dataset_name}.{what} "
-            f"(loaded columns: {sorted(feat.interaction)}); fix {what}_text_fields or "
+            f"(loaded columns: {sorted(feat.columns)}); fix {what}_text_fields or "
             f"add the column to load_col")
     columns = [(fmt, field_strings(dataset, feat, field)) for field, fmt in template.items()]
     texts = []
@@ -64,12 +64,11 @@ def render_texts(dataset, feat, template, separator, what):
 
 
 def template_from_config(fields, formats):
-    """``item_text_fields`` + ``item_text_template`` -> ordered {field: format}."""
+    """``item_text_fields`` + ``item_text_template`` -> ordered {field: format}.
+
+    The fields list decides what is rendered; the template only formats (so a dataset's
+    template can cover fields an ablation leaves out)."""
     formats = formats or {}
-    unknown = [f for f in formats if f not in fields]
-    if unknown:
-        raise ConfigError(f"text template names field(s) {unknown} that are not in the text "
-                          f"fields {list(fields)}")
     for field in fields:
         fmt = formats.get(field, "{}")
         if "{}" not in fmt:
@@ -86,9 +85,9 @@ def multi_hot(dataset, feat, fields, min_count, max_share):
     n = len(feat)
     blocks, names = [], []
     for field in fields:
-        if field not in feat.interaction:
+        if field not in feat.columns:
             raise ConfigError(f"tag field '{field}' not found (loaded columns: "
-                              f"{sorted(feat.interaction)})")
+                              f"{sorted(feat.columns)})")
         ftype = dataset.field2type[field]
         ids = feat[field]
         if ftype == FeatureType.TOKEN:

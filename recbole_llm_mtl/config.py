@@ -15,6 +15,7 @@ import yaml
 from recbole.config import Config
 from recbole.model.abstract_recommender import AbstractRecommender
 
+from recbole_llm_mtl.data.validate import check_dataset_files
 from recbole_llm_mtl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def check_dataset(config):
         if suffix in ("item", "user") and not os.path.isfile(os.path.join(path, f"{name}.{suffix}")):
             raise ConfigError(f"'{os.path.join(path, f'{name}.{suffix}')}' not found but load_col "
                               f"asks for it; add the file or drop '{suffix}' from load_col")
+    check_dataset_files(config)
 
 
 def build_config(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=None):

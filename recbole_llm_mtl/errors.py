@@ -15,3 +15,7 @@ class DataError(LLMMTLError):
 
 class CacheError(LLMMTLError):
     """A cache file is unusable (it is then rebuilt, never trusted)."""
+
+
+class TrainingError(LLMMTLError):
+    """Training cannot go on (e.g. a task's loss became NaN/inf)."""

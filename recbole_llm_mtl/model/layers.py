@@ -89,11 +89,12 @@ class UserProfileExtractor(nn.Module):
 class SimilarityScorer(nn.Module):
     """f_r(H_u, H_v, H_a): relevance logit of each item for each user state.
 
-    ``mlp``: an MLP reasons over (H_a, H_u, H_a * H_u) and gives the user query that is
-    matched to H_v by a (cosine) inner product. Keeping the item side linear makes full
-    ranking a single matrix product (an MLP applied to every user-item pair would cost
-    users x items x hidden work and, per Rendle et al. 2020, ranks no better than a dot
-    product). ``dot``: the query is simply H_a + H_u.
+    ``mlp``: an MLP reasons over (H_a, H_u, H_a * H_u) and corrects the user query
+    H_a + H_u, which is matched to H_v by a (cosine) inner product. Its last layer starts
+    at zero, so training starts from the ``dot`` scorer and the MLP only adds what helps.
+    Keeping the item side linear makes full ranking a single matrix product (an MLP over
+    every user-item pair would cost users x items x hidden work and, per Rendle et al.,
+    RecSys 2020, ranks no better than a dot product). ``dot``: the query is H_a + H_u.
     """
 
     def __init__(self, hidden, mode, dropout, temperature, normalize):
@@ -104,12 +105,13 @@ class SimilarityScorer(nn.Module):
         if mode == "mlp":
             self.mlp = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(dropout),
                                      nn.Linear(hidden, hidden))
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
 
     def query(self, h_a, h_u):
+        q = h_a + h_u
         if self.mode == "mlp":
-            q = h_a + self.mlp(torch.cat([h_a, h_u, h_a * h_u], dim=-1))
-        else:
-            q = h_a + h_u
+            q = q + self.mlp(torch.cat([h_a, h_u, h_a * h_u], dim=-1))
         return F.normalize(q, dim=-1) if self.normalize else q
 
     def items(self, h_v):

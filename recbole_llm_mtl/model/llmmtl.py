@@ -24,6 +24,7 @@ train split holds each user's sequence once instead of once per prefix
 """
 
 import logging
+import time
 
 import torch
 import torch.nn as nn
@@ -32,7 +33,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_llm_mtl.data.dataset import AllPositionDataset
-from recbole_llm_mtl.errors import ConfigError
+from recbole_llm_mtl.errors import ConfigError, TrainingError
 from recbole_llm_mtl.model.layers import (
     CausalTransformer,
     MoEAdaptor,
@@ -159,6 +160,7 @@ class LLMMTL(SequentialRecommender):
         self.loss_names = [TASKS[k] for k in self.active_tasks]
         self.weighting = TaskWeighting([self.task_weights[k] for k in self.active_tasks], self.task_weighting)
         self._stale_text = False
+        self._step = 0  # training steps, for error messages
         self.apply(self._init_weights)
 
     # ------------------------------------------------------------------ set-up helpers
@@ -171,11 +173,14 @@ class LLMMTL(SequentialRecommender):
         cache = VectorCache(config["text_cache_dir"]) if config["text_cache_dir"] else None
         encode = lambda t: lm.encode(t, config["llm_batch_tokens"], config["show_progress"],
                                      desc=f"Encoding {what} text")
-        vectors, hit = cached_encode(cache, lm.identity, texts, encode)
+        start = time.perf_counter()
+        vectors, _ = cached_encode(cache, lm.identity, texts, encode)
+        self.text_seconds = getattr(self, "text_seconds", 0.0) + time.perf_counter() - start
         return vectors
 
     def _init_tuning(self, config, lm, texts, empty):
         """``lora``/``full``: keep the language model as a trained submodule."""
+        lm.load()
         if self.llm_mode == "lora":
             from peft import LoraConfig, get_peft_model
 
@@ -281,10 +286,11 @@ class LLMMTL(SequentialRecommender):
             else:
                 ids = torch.unique(torch.cat([item_seq[valid], labels[valid]]))
                 losses.append(F.binary_cross_entropy_with_logits(self.item_head(h_v[ids]), self.item_tags[ids]))
+        self._step += 1
         for name, loss in zip(self.loss_names, losses):
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the {name} loss became {loss.item()}; lower learning_rate "
-                                         "or check the input data")
+                raise TrainingError(f"the {name} loss became {loss.item()} at training step {self._step}; "
+                                    "lower learning_rate or check the input data")
         return tuple(self.weighting(losses))
 
     def _behavior_loss(self, query, items, labels):

@@ -68,6 +68,27 @@ def _from_pretrained(loader, path, **kwargs):
             "access (huggingface-cli download NAME --local-dir DIR) and set llm_path: DIR") from e
 
 
+def _read_config(path):
+    """The model's config as a dict; a folder's config.json is read without importing
+    transformers (a warm start should not pay for that import)."""
+    config_file = os.path.join(path, "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as f:
+            data = json.load(f)
+    else:
+        from transformers import AutoConfig
+
+        data = _from_pretrained(AutoConfig, path).to_dict()
+    if "hidden_size" not in data:  # some architectures name it differently
+        for alt in ("d_model", "n_embd", "dim"):
+            if alt in data:
+                data["hidden_size"] = data[alt]
+                break
+        else:
+            raise ConfigError(f"llm_path '{path}': config has no hidden_size; is it a text model?")
+    return data
+
+
 def _fingerprint(path):
     """Identity of a model folder by content: config, tokenizer files, weight sizes and
     the first/last MiB of each weight file (hashing GBs of weights would take minutes)."""
@@ -95,29 +116,50 @@ class SharedLanguageModel(nn.Module):
 
     def __init__(self, path=DEFAULT_LLM, pooling="auto", max_length=64, dtype="float32"):
         super().__init__()
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
         if pooling not in POOLINGS:
             raise ConfigError(f"llm_pooling '{pooling}' is not one of {POOLINGS}")
         if dtype not in DTYPES:
             raise ConfigError(f"llm_dtype '{dtype}' is not one of {list(DTYPES)}")
         self.path = resolve_llm_path(path)
-        hf_config = _from_pretrained(AutoConfig, self.path)
-        self.tokenizer = _from_pretrained(AutoTokenizer, self.path)
-        self.model = _from_pretrained(AutoModel, self.path, dtype=DTYPES[dtype])
-        self.model.eval()
+        hf_config = _read_config(self.path)
         if pooling == "auto":
-            archs = getattr(hf_config, "architectures", None) or []
-            decoder = getattr(hf_config, "is_decoder", False) or any("CausalLM" in a for a in archs)
+            archs = hf_config.get("architectures") or []
+            decoder = hf_config.get("is_decoder", False) or any("CausalLM" in a for a in archs)
             pooling = "last" if decoder else "mean"
-        if self.tokenizer.pad_token_id is None:  # decoder-only tokenizers often have none
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.pooling = pooling
         self.max_length = int(max_length)
         self.dtype_name = dtype
-        self.hidden_size = hf_config.hidden_size
+        self.hidden_size = hf_config["hidden_size"]
         self.identity = {"model": _fingerprint(self.path), "pooling": pooling,
                          "max_length": self.max_length, "dtype": dtype}
+        # Weights and tokenizer load on first use: a warm text cache never needs them.
+        self._tokenizer = None
+        self.model = None
+        self._device = torch.device("cpu")
+
+    def _apply(self, fn, *args, **kwargs):
+        # remember .to(device) for weights that are loaded later
+        self._device = fn(torch.empty(0, device=self._device)).device
+        return super()._apply(fn, *args, **kwargs)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = _from_pretrained(AutoTokenizer, self.path)
+            if self._tokenizer.pad_token_id is None:  # decoder-only tokenizers often have none
+                self._tokenizer.pad_token = self._tokenizer.eos_token
+        return self._tokenizer
+
+    def load(self):
+        """Load the weights (once) onto the module's device."""
+        if self.model is None:
+            from transformers import AutoModel
+
+            self.model = _from_pretrained(AutoModel, self.path, dtype=DTYPES[self.dtype_name])
+            self.model.to(self._device).eval()
+        return self.model
 
     def tokenize(self, texts):
         """Token id lists (truncated to ``max_length``), no padding."""
@@ -136,7 +178,7 @@ class SharedLanguageModel(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         """Pooled float32 vectors, one per row."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.load()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "last":  # right padding: the last real token ends each row
@@ -154,7 +196,7 @@ class SharedLanguageModel(nn.Module):
         ``batch_tokens`` bounds padded tokens per batch; a CUDA out-of-memory halves it
         and retries the batch.
         """
-        device = next(self.model.parameters()).device
+        device = next(self.load().parameters()).device
         ids = self.tokenize(texts)
         lengths = torch.tensor([len(x) for x in ids])
         order = torch.argsort(lengths, descending=True, stable=True).tolist()

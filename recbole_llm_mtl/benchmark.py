@@ -81,10 +81,13 @@ def run_all(args):
             json.dump(spec, f)
         print(f"[{k}/{len(todo)}] {name} seed {seed}: training ...", flush=True)
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "recbole_llm_mtl.benchmark", "--worker", spec_path])
+        log_path = result[:-5] + ".log"
+        with open(log_path, "w") as log:
+            proc = subprocess.run([sys.executable, "-m", "recbole_llm_mtl.benchmark", "--worker", spec_path],
+                                  stdout=log, stderr=subprocess.STDOUT)
         os.unlink(spec_path)
         if proc.returncode != 0:
-            print(f"    failed (exit {proc.returncode}); see log/{model}/", flush=True)
+            print(f"    failed (exit {proc.returncode}); see {log_path}", flush=True)
             continue
         with open(result) as f:
             ndcg = json.load(f)["test_result"]["ndcg@10"]

@@ -76,7 +76,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
         "eval_seconds": eval_seconds,
         "total_seconds": time.time() - started,
         "history": history,
-        "checkpoint": trainer.saved_model_file if saved else None,
+        "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
     }
 
 
@@ -119,6 +119,8 @@ def main(argv=None):
         return 2
     print(f"best valid: {result['best_valid_result']}")
     print(f"test result: {result['test_result']}")
+    if result["checkpoint"]:
+        print(f"checkpoint: {result['checkpoint']}")
     return 0
 
 

@@ -27,11 +27,10 @@ def _plain(value):
     return False
 
 
-def plain_config(config):
-    """The JSON-like part of a RecBole config (enums and devices are re-derived on load)."""
+def plain_config(values):
+    """The JSON-like part of a config dict (enums and devices are re-derived on load)."""
     return {k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in config.final_config_dict.items()
-            if _plain(v) and not isinstance(v, Enum)}
+            for k, v in values.items() if _plain(v) and not isinstance(v, Enum)}
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -59,7 +58,10 @@ class CheckpointMixin:
         state = {
             "format": CHECKPOINT_FORMAT,
             "model": self.config["model"],
-            "config": plain_config(self.config),
+            "config": plain_config(self.config.final_config_dict),  # for reading
+            # what the user set (YAML files + overrides): rebuilds the same Config on load
+            "config_input": {"dataset": self.config["dataset"],
+                             **plain_config(self.config.external_config_dict)},
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),

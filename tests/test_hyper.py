@@ -1,0 +1,30 @@
+"""RecBole HyperTuning through our run(): 2 tiny trials end to end."""
+
+import os
+
+from conftest import ROOT, tiny_overrides
+from recbole_llm_mtl.hyper import rerun_command, tune
+
+
+def test_two_trials_and_report(tiny_root, cache_dir, workdir):
+    space = workdir / "space.hyper"
+    space.write_text("learning_rate choice [0.001,0.003]\n")
+    best, trials = tune("LLMMTL", "amazon", str(space), algo="exhaustive",
+                        overrides=tiny_overrides(tiny_root, cache_dir, task_weights={"behavior": 1.0}),
+                        output_dir=str(workdir / "hyper"))
+    assert sorted(t["params"]["learning_rate"] for t in trials) == [0.001, 0.003]
+    assert best["learning_rate"] in (0.001, 0.003)
+    best_trial = max(trials, key=lambda t: t["best_valid_score"])
+    assert best_trial["params"] == best
+    table = (workdir / "hyper" / "LLMMTL-amazon.md").read_text()
+    assert table.count("| 0.00") >= 2 and "python run_recbole_llm.py --model=LLMMTL" in table
+    assert (workdir / "hyper" / "LLMMTL-amazon.csv").read_text().count("\n") == 3
+    assert "--learning_rate=0.003" in rerun_command("LLMMTL", "amazon", {"learning_rate": 0.003})
+
+
+def test_shipped_spaces_parse():
+    from recbole.trainer import HyperTuning
+
+    for name in ("LLMMTL.hyper", "LLMMTL-quick.hyper"):
+        tuner = HyperTuning(lambda *a: None, params_file=os.path.join(ROOT, "properties", "hyper", name), algo="random")
+        assert "learning_rate" in tuner.space

@@ -42,12 +42,13 @@ def test_three_losses_finite_and_decreasing(built):
     ({"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}}, ["behavior", "item_semantics"]),
     ({"task_weights": {"behavior": 1.0}}, ["behavior"]),
     ({"task_weighting": "uncertainty"}, ["behavior", "user_profile", "item_semantics"]),
+    ({"behavior_loss": "bce", "scorer": "dot"}, ["behavior", "user_profile", "item_semantics"]),
 ])
 def test_ablation_switches_change_losses(tiny_root, cache_dir, overrides, names):
     _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, **overrides)
     assert model.loss_names == names
     losses = model.calculate_loss(next(iter(train)))
-    assert len(losses) == len(names)
+    assert len(losses) == len(names) and all(torch.isfinite(l) for l in losses)
     if overrides.get("task_weighting") == "uncertainty":
         assert model.weighting.log_vars.requires_grad
 

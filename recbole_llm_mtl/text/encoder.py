@@ -8,11 +8,13 @@ budget, so almost no compute is spent on padding.
 
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -167,14 +169,15 @@ class SharedLanguageModel(nn.Module):
                               add_special_tokens=True)["input_ids"]
 
     def pad(self, id_lists, device=None):
-        """Right-pad id lists into (input_ids, attention_mask) tensors."""
-        width = max(len(ids) for ids in id_lists)
-        input_ids = torch.full((len(id_lists), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(id_lists), width), dtype=torch.long)
-        for row, ids in enumerate(id_lists):
-            input_ids[row, : len(ids)] = torch.as_tensor(ids)
-            mask[row, : len(ids)] = 1
-        return input_ids.to(device), mask.to(device)
+        """Right-pad id lists into (input_ids, attention_mask) tensors, without a Python
+        loop over rows: the ids are flattened once and scattered under the mask."""
+        lengths = torch.as_tensor(np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists)))
+        flat = torch.as_tensor(np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64,
+                                           count=int(lengths.sum())))
+        mask = torch.arange(int(lengths.max())).unsqueeze(0) < lengths.unsqueeze(1)
+        input_ids = torch.full(mask.shape, self.tokenizer.pad_token_id, dtype=torch.long)
+        input_ids[mask] = flat
+        return input_ids.to(device), mask.long().to(device)
 
     def forward(self, input_ids, attention_mask):
         """Pooled float32 vectors, one per row."""
@@ -198,7 +201,7 @@ class SharedLanguageModel(nn.Module):
         """
         device = next(self.load().parameters()).device
         ids = self.tokenize(texts)
-        lengths = torch.tensor([len(x) for x in ids])
+        lengths = torch.as_tensor(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
         order = torch.argsort(lengths, descending=True, stable=True).tolist()
         out = torch.empty(len(texts), self.hidden_size)
         start, t0 = 0, time.time()

@@ -1,0 +1,267 @@
+"""Convert raw Amazon review data (2018 or 2023 releases) into RecBole atomic files with text.
+
+    python -m recbole_llm_mtl.data.amazon_raw --release 2023 \
+        --splits ../shared/data/amazon-beauty-2023-mini/All_Beauty \
+        --meta ../shared/data/amazon-beauty-2023-mini/meta_items.csv \
+        --reviews ../shared/data/amazon-beauty-2023-mini/user_reviews.json \
+        --out dataset/beauty --name beauty
+
+Inputs (each read line by line, ``.gz`` or plain, so files larger than memory work):
+
+* 2018: ``--ratings`` CSV ``item,user,rating,timestamp`` (no header) or ``--reviews`` JSON
+  lines (``reviewerID, asin, overall, unixReviewTime, reviewText, summary``), and
+  ``--meta`` ``meta_<Category>.json(.gz)`` (``asin, title, brand, category, description,
+  price``; old dumps write Python literals, which are read too).
+* 2023: ``--reviews`` JSON lines (``user_id, parent_asin, rating, timestamp`` in ms,
+  ``title, text``) and/or ``--splits PREFIX`` for the official benchmark CSVs
+  ``PREFIX.{train,valid,test}.csv`` (``user_id,parent_asin,rating,timestamp,history``), and
+  ``--meta`` JSON lines (``parent_asin, title, store, categories, description, price,
+  details``) or a CSV with those columns.
+
+Outputs ``<name>.inter`` (user, item, rating, timestamp in seconds), ``<name>.item`` (title,
+brand, categories, description, price; HTML and boilerplate stripped) and, with review
+texts, ``<name>.review`` (user, item, timestamp, text). Review texts of a user's last two
+interactions (valid and test under leave-one-out by time) are never written, so they
+cannot reach the model. Malformed lines are skipped and counted in the summary.
+"""
+
+import argparse
+import ast
+import csv
+import gzip
+import html
+import json
+import os
+import re
+import sys
+from collections import Counter, defaultdict
+
+from tqdm import tqdm
+
+from recbole_llm_mtl.data.atomic import write_atomic_files
+from recbole_llm_mtl.errors import DataError
+
+_TAG = re.compile(r"<[^>]+>")
+_WS = re.compile(r"\s+")
+_BOILERPLATE = re.compile(r"(?i)(\[\[VIDEOID:[^\]]*\]\]|visit the .{1,60} store|click here.*$|see more product details)")
+
+
+def clean_text(value):
+    """Plain one-line text: lists joined, HTML tags/entities removed, whitespace collapsed."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        value = " ".join(clean_text(v) for v in value)
+    text = html.unescape(_TAG.sub(" ", str(value)))
+    text = _BOILERPLATE.sub(" ", text)
+    return _WS.sub(" ", text).strip()
+
+
+def _open(path):
+    if not os.path.isfile(path):
+        raise DataError(f"input file '{path}' not found")
+    return gzip.open(path, "rt", encoding="utf-8", errors="replace") if path.endswith(".gz") else \
+        open(path, encoding="utf-8", errors="replace")
+
+
+def _records(path, stats, what):
+    """Yield dicts from JSON lines (or Python-literal lines of old dumps); count bad lines."""
+    with _open(path) as f:
+        first = f.read(1)
+        f.seek(0)
+        if first == "[":  # a whole-file JSON list (as in the mini set's user_reviews.json)
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: not valid JSON ({e})") from None
+            yield from data
+            return
+        for line in tqdm(f, desc=f"reading {what}", unit=" lines", mininterval=1, leave=False):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                try:
+                    rec = ast.literal_eval(line)
+                except (ValueError, SyntaxError):
+                    stats[f"malformed {what} lines"] += 1
+                    continue
+            if isinstance(rec, dict):
+                yield rec
+            else:
+                stats[f"malformed {what} lines"] += 1
+
+
+def _num(x):
+    """A float without exponent or trailing zeros (timestamps keep their milliseconds)."""
+    return ("%.3f" % x).rstrip("0").rstrip(".")
+
+
+def _seconds(ts):
+    ts = float(ts)
+    return ts / 1000.0 if ts > 1e11 else ts  # 2023 uses milliseconds, 2018 seconds
+
+
+def read_interactions(args, stats):
+    """(user, item, rating, seconds, review text or None) tuples from the given inputs."""
+    rows = []
+    if args.splits:
+        for split in ("train", "valid", "test"):
+            with _open(f"{args.splits}.{split}.csv") as f:
+                for rec in csv.DictReader(f):
+                    try:
+                        rows.append((rec["user_id"], rec["parent_asin"], float(rec["rating"]),
+                                     _seconds(rec["timestamp"]), None))
+                    except (KeyError, ValueError, TypeError):
+                        stats["malformed split rows"] += 1
+    elif args.ratings:
+        with _open(args.ratings) as f:
+            for row in csv.reader(f):
+                try:
+                    item, user, rating, ts = row[:4]
+                    rows.append((user, item, float(rating), _seconds(ts), None))
+                except ValueError:
+                    stats["malformed rating rows"] += 1
+    if args.reviews:
+        texts = {}
+        for rec in _records(args.reviews, stats, "review"):
+            # the mini set nests reviews per user; official files have one review a line
+            for r in rec.get("reviews", [rec]):
+                user = rec.get("user_id") or r.get("user_id") or r.get("reviewerID")
+                item = r.get("parent_asin") or r.get("asin")
+                ts = r.get("timestamp") or r.get("unixReviewTime")
+                rating = r.get("rating", r.get("overall"))
+                text = clean_text(" ".join(str(x) for x in (r.get("title") or r.get("summary") or "",
+                                                            r.get("text") or r.get("reviewText") or "") if x))
+                if not user or not item or ts is None:
+                    stats["reviews without user/item/time"] += 1
+                    continue
+                texts[(user, item)] = (_seconds(ts), text)
+                if not (args.splits or args.ratings):
+                    try:
+                        rows.append((user, item, float(rating), _seconds(ts), None))
+                    except (TypeError, ValueError):
+                        stats["reviews without a rating"] += 1
+        rows = [(u, i, r, t, texts.get((u, i), (None, None))[1]) for u, i, r, t, _ in rows]
+    if not rows:
+        raise DataError("no interactions read: give --splits, --ratings or --reviews")
+    return rows
+
+
+def read_meta(path, stats):
+    """item id -> dict(title, brand, categories, description, price)."""
+    items = {}
+    if path.endswith(".csv") or path.endswith(".csv.gz"):
+        with _open(path) as f:
+            records = list(csv.DictReader(f))
+    else:
+        records = _records(path, stats, "meta")
+    for rec in records:
+        item = rec.get("parent_asin") or rec.get("asin")
+        if not item:
+            stats["meta without an item id"] += 1
+            continue
+        details = rec.get("details") or {}
+        if isinstance(details, str):
+            try:
+                details = ast.literal_eval(details) if details.strip() else {}
+            except (ValueError, SyntaxError):
+                details = {}
+        brand = rec.get("brand") or rec.get("store") or (details.get("Brand") if isinstance(details, dict) else "")
+        cats = rec.get("categories") or rec.get("category") or []
+        price = clean_text(rec.get("price")).replace("$", "").replace(",", "")
+        try:
+            price = f"{float(price):g}" if price else ""
+        except ValueError:
+            price = ""
+        items[item] = {"title": clean_text(rec.get("title")), "brand": clean_text(brand),
+                       "categories": clean_text(cats), "description": clean_text(rec.get("description"))[:2000],
+                       "price": price}
+    return items
+
+
+def k_core(rows, k, stats):
+    """Drop users and items with fewer than ``k`` interactions until none is left."""
+    while k > 1:
+        users = Counter(r[0] for r in rows)
+        items = Counter(r[1] for r in rows)
+        kept = [r for r in rows if users[r[0]] >= k and items[r[1]] >= k]
+        if len(kept) == len(rows):
+            break
+        stats[f"rows dropped by {k}-core"] += len(rows) - len(kept)
+        rows = kept
+    return rows
+
+
+def convert(args):
+    stats = Counter()
+    rows = read_interactions(args, stats)
+    if args.min_rating is not None:
+        before = len(rows)
+        rows = [r for r in rows if r[2] >= args.min_rating]
+        stats[f"rows below rating {args.min_rating}"] += before - len(rows)
+    dedup = {}
+    for r in rows:  # one row per (user, item, time)
+        dedup[(r[0], r[1], r[3])] = r
+    stats["duplicate rows"] += len(rows) - len(dedup)
+    rows = k_core(sorted(dedup.values(), key=lambda r: (r[0], r[3])), args.k_core, stats)
+    meta = read_meta(args.meta, stats) if args.meta else {}
+    items = sorted({r[1] for r in rows})
+    stats["items without metadata"] += sum(1 for i in items if i not in meta)
+
+    # leave-one-out: a user's last two interactions are valid/test; their reviews stay out
+    by_user = defaultdict(list)
+    for r in rows:
+        by_user[r[0]].append(r)
+    reviews = []
+    for user, urows in by_user.items():
+        for r in urows[:-2]:
+            if r[4]:
+                reviews.append((user, r[1], _num(r[3]), r[4]))
+        stats["held-out reviews not written"] += sum(1 for r in urows[-2:] if r[4])
+
+    files = {
+        "inter": (["user_id:token", "item_id:token", "rating:float", "timestamp:float"],
+                  [(u, i, _num(rt), _num(t)) for u, i, rt, t, _ in rows]),
+        "item": (["item_id:token", "title:token_seq", "brand:token", "categories:token_seq",
+                  "description:token_seq", "price:float"],
+                 [(i,) + tuple(meta.get(i, {}).get(f, "") for f in ("title", "brand", "categories", "description", "price"))
+                  for i in items]),
+    }
+    if reviews:
+        files["review"] = (["user_id:token", "item_id:token", "timestamp:float", "text:token_seq"], reviews)
+    write_atomic_files(args.out, args.name, overwrite=args.overwrite, **files)
+    summary = {"users": len(by_user), "items": len(items), "interactions": len(rows), "reviews": len(reviews)}
+    summary.update(stats)
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--release", choices=("2018", "2023"), required=True)
+    parser.add_argument("--ratings", help="2018 ratings-only CSV (item,user,rating,timestamp)")
+    parser.add_argument("--reviews", help="reviews JSON lines (2018 or 2023), .gz allowed")
+    parser.add_argument("--splits", help="2023 benchmark split prefix: PREFIX.{train,valid,test}.csv")
+    parser.add_argument("--meta", help="item metadata JSON lines (or CSV), .gz allowed")
+    parser.add_argument("--out", required=True, help="output dataset folder")
+    parser.add_argument("--name", required=True, help="dataset name (file prefix)")
+    parser.add_argument("--k_core", type=int, default=0, help="keep users/items with >= k interactions")
+    parser.add_argument("--min_rating", type=float, default=None, help="drop interactions rated below this")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files")
+    args = parser.parse_args(argv)
+    if args.release == "2018" and args.splits:
+        parser.error("--splits is for the 2023 benchmark files")
+    try:
+        summary = convert(args)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    for key, value in summary.items():
+        print(f"{key}: {value:,}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -151,7 +151,9 @@ def main(argv=None):
     parser.add_argument("--checkpoint", required=True, help="an LLMMTL checkpoint from saved/")
     parser.add_argument("--user", action="append", default=[], help="raw user id (repeatable)")
     parser.add_argument("--users-file", help="file with one raw user id per line")
-    parser.add_argument("--item-text", help="text of a new item: rank users for it instead")
+    parser.add_argument("--item-text", action="append", default=[],
+                        help="text of a new item: rank users for it instead (repeatable)")
+    parser.add_argument("--items-file", help="file with one new item's text per line")
     parser.add_argument("--topk", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
@@ -160,28 +162,36 @@ def main(argv=None):
         if args.users_file:
             with open(args.users_file, encoding="utf-8") as f:
                 users += [line.strip() for line in f if line.strip()]
-        if not users and not args.item_text:
-            parser.error("give --user, --users-file or --item-text")
+        new_items = list(args.item_text)
+        if args.items_file:
+            with open(args.items_file, encoding="utf-8") as f:
+                new_items += [line.strip() for line in f if line.strip()]
+        if not users and not new_items:
+            parser.error("give --user, --users-file, --item-text or --items-file")
         rec = Recommender(args.checkpoint)
         start = time.perf_counter()
-        result = rec.users_for_new_item(args.item_text, args.topk) if args.item_text else rec.recommend(users, args.topk)
+        if new_items:
+            result = [{"item_text": t, "users": rec.users_for_new_item(t, args.topk)} for t in new_items]
+        else:
+            result = rec.recommend(users, args.topk)
         elapsed = time.perf_counter() - start
     except (LLMMTLError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=1, ensure_ascii=False))
-    elif args.item_text:
-        print(f"Users for new item {args.item_text!r}:")
-        for r in result:
-            print(f"  {r['score']:.4f}  {r['user']}")
+    elif new_items:
+        for entry in result:
+            print(f"Users for new item {entry['item_text']!r}:")
+            for r in entry["users"]:
+                print(f"  {r['score']:.4f}  {r['user']}")
     else:
         for u in result:
             print(f"Top {args.topk} for user {u['user']}:")
             for k, r in enumerate(u["recommendations"], 1):
                 print(f"  {k:2d}. {r['score']:.4f}  {r['title'][:70]}")
                 print(f"        because you bought: {r['because_you_bought'][:60]}  (main signal: {r['main_signal']})")
-        print(f"({elapsed * 1000:.1f} ms for {len(result)} user(s))")
+    print(f"({elapsed * 1000:.1f} ms for {len(result)} request(s) after loading the model)", file=sys.stderr)
     return 0
 
 

@@ -55,3 +55,7 @@ def test_cli_json_and_unknown_user(checkpoint, tiny_root, capsys):
     assert len(data[0]["recommendations"]) == 3
     assert main(["--checkpoint", checkpoint, "--user", "NO_SUCH_USER"]) == 2
     assert "unknown user 'NO_SUCH_USER'" in capsys.readouterr().err
+    assert main(["--checkpoint", checkpoint, "--item-text", "Nitrile gloves", "--item-text", "Filament",
+                 "--topk", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["item_text"] for d in data] == ["Nitrile gloves", "Filament"] and len(data[0]["users"]) == 2

@@ -77,6 +77,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
         "total_seconds": time.time() - started,
         "history": history,
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
+        "resumed_at_epoch": trainer.start_epoch if resume else None,
     }
 
 
@@ -117,6 +118,8 @@ def main(argv=None):
         logging.getLogger().error(str(e))
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if result["resumed_at_epoch"] is not None:
+        print(f"resumed from {args.resume} at epoch {result['resumed_at_epoch']}")
     print(f"best valid: {result['best_valid_result']}")
     print(f"test result: {result['test_result']}")
     if result["checkpoint"]:

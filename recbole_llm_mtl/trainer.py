@@ -6,9 +6,11 @@ with ``weights_only=True``: no pickle code runs, whoever wrote the file.
 """
 
 import os
+import random
 import tempfile
 from enum import Enum
 
+import numpy as np
 import torch
 from recbole.utils import get_trainer, set_color
 
@@ -48,14 +50,33 @@ def load_checkpoint(path, map_location="cpu"):
     return state
 
 
+def _atomic_save(state, path):
+    """torch.save through a temp file + rename: a reader never sees a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _to_lists(x):
+    return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
 class CheckpointMixin:
     """Mixed in front of the RecBole trainer class chosen for the model."""
 
-    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
-            return
-        path = kwargs.pop("saved_model_file", self.saved_model_file)
-        state = {
+    def _state(self, epoch):
+        return {
             "format": CHECKPOINT_FORMAT,
             "model": self.config["model"],
             "config": plain_config(self.config.final_config_dict),  # for reading
@@ -69,18 +90,53 @@ class CheckpointMixin:
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
         }
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)  # a reader never sees a half-written checkpoint
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        _atomic_save(self._state(epoch), path)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
+
+    @property
+    def resume_file(self):
+        """Written after every epoch: ``--resume`` from it continues exactly where a killed
+        run stopped (weights, optimizer, early-stopping state and every RNG)."""
+        return self.saved_model_file[: -len(".pth")] + "-last.pth"
+
+    def _save_resume_state(self, epoch):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        state = self._state(epoch)
+        np_state = np.random.get_state()
+        state.update({
+            "best_file": self.saved_model_file,
+            "best_valid_result": {k: float(v) for k, v in (self.best_valid_result or {}).items()},
+            "rng": {"torch": torch.get_rng_state(), "loader": self._train_data.generator.get_state(),
+                    "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                    "python": _to_lists(random.getstate())},
+        })
+        _atomic_save(state, self.resume_file)
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._train_data = train_data
+        rng = getattr(self, "_resume_rng", None)
+        if rng is not None:  # continue the random streams of the killed run
+            torch.set_rng_state(rng["torch"])
+            train_data.generator.set_state(rng["loader"])
+            np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
+            random.setstate(_to_tuples(rng["python"]))
+        if saved:
+            self.logger.info(f"resume state is saved after every epoch to {self.resume_file}")
+
+        def after_epoch(epoch_idx, valid_score):
+            if saved:
+                self._save_resume_state(epoch_idx)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, after_epoch)
 
     def _load_weights(self, path):
         state = load_checkpoint(path, self.device)
@@ -93,11 +149,16 @@ class CheckpointMixin:
 
     def resume_checkpoint(self, resume_file):
         state = self._load_weights(str(resume_file))
-        self.saved_model_file = str(resume_file)
         self.start_epoch = state["epoch"] + 1
         self.cur_step = state["cur_step"]
         self.best_valid_score = state["best_valid_score"]
         self.optimizer.load_state_dict(state["optimizer"])
+        if "rng" in state:  # an every-epoch resume state: keep writing the same files
+            self.saved_model_file = state["best_file"]
+            self.best_valid_result = state["best_valid_result"]
+            self._resume_rng = state["rng"]
+        else:  # a best-model checkpoint: continue from it (RecBole's behaviour)
+            self.saved_model_file = str(resume_file)
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):

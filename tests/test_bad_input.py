@@ -89,3 +89,52 @@ def test_unwritable_cache_dir_still_trains(tiny_root, tmp_path, caplog):
     _, train, _, _, model = build("LLMMTL", tiny_root, str(blocker / "cache"), task_weights={"behavior": 1.0})
     assert "not writable" in caplog.text
     assert torch.isfinite(model.calculate_loss(next(iter(train)))[0])
+
+
+def test_missing_inter_file(tmp_path):
+    (tmp_path / "amazon").mkdir()
+    with pytest.raises(ConfigError, match=r"amazon.inter' not found"):
+        build_config("SASRec", "amazon", config_dict={"data_path": str(tmp_path)})
+
+
+def test_single_interaction_users_are_dropped_by_recbole(copy_root, cache_dir):
+    """A user with one interaction has no (history -> target) pair: RecBole's sequential
+    augmentation makes no row for them, so they are in no split (stated in docs/reliability.md)."""
+    with open(copy_root / "amazon" / "amazon.inter", "a") as f:
+        f.write("LONELY_USER\tB00TNNWMXI\t0\n")
+    _, train, valid, test, model = build("LLMMTL", str(copy_root), cache_dir)
+    uid = train._dataset.token2id("user_id", "LONELY_USER")
+    for split in (train, valid, test):
+        assert uid not in split._dataset.inter_feat["user_id"].tolist()
+    assert all(torch.isfinite(l) for l in model.calculate_loss(next(iter(train))))
+
+
+def test_out_of_memory_while_encoding_retries_smaller(monkeypatch, caplog):
+    """Fault injection: the first large batch raises CUDA OOM; the pass halves its token
+    budget, logs it, and returns the same vectors as an undisturbed pass."""
+    from recbole_llm_mtl.text.encoder import SharedLanguageModel
+
+    lm = SharedLanguageModel()
+    texts = [f"product {i} with a fairly long title for batching" for i in range(64)]
+    expected = lm.encode(texts, batch_tokens=4096, show_progress=False)
+    real_forward = type(lm).forward
+    calls = {"n": 0}
+
+    def flaky(self, input_ids, attention_mask):
+        calls["n"] += 1
+        if input_ids.numel() > 256 and calls["n"] == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_forward(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(type(lm), "forward", flaky)
+    caplog.set_level("WARNING")
+    got = lm.encode(texts, batch_tokens=4096, show_progress=False)
+    assert "out of memory while encoding; retrying with llm_batch_tokens=2048" in caplog.text
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_cache_of_another_model_setting_is_not_used(tiny_root, tmp_path):
+    cache = str(tmp_path / "cache")
+    _, _, _, _, a = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0})
+    _, _, _, _, b = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, llm_max_length=8)
+    assert len(os.listdir(cache)) == 2 and not torch.allclose(a.item_text, b.item_text)

@@ -123,6 +123,20 @@ class LLMConfig(Config):
         except FileNotFoundError as e:
             raise ConfigError(f"config file not found: {e.filename}") from e
 
+    def _init_device(self):
+        """RecBole hard-codes NCCL for multi-process runs; CPUs need gloo."""
+        if "local_rank" not in self.final_config_dict:
+            return super()._init_device()
+        from recbole_llm_mtl.distributed import init_process_group
+
+        cfg = self.final_config_dict
+        cfg["gpu_id"] = ",".join(map(str, cfg["gpu_id"])) if isinstance(cfg["gpu_id"], tuple) else str(cfg["gpu_id"])
+        os.environ["CUDA_VISIBLE_DEVICES"] = cfg["gpu_id"]
+        cfg["device"] = init_process_group(cfg)
+        cfg["single_spec"] = False
+        if cfg["local_rank"] != 0:  # one rank talks
+            cfg.update({"state": "error", "show_progress": False, "verbose": False})
+
     def _set_default_parameters(self):
         data_path = self.final_config_dict.get("data_path")
         if data_path is None:

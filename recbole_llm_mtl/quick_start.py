@@ -60,6 +60,10 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     eval_seconds = time.time() - eval_start
 
+    if not config["single_spec"]:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     best_epoch = max(history, key=lambda h: h[1])[0] if history else None
@@ -111,7 +115,8 @@ def main(argv=None):
         if args.nproc > 1 or args.world_size > 1:
             from recbole_llm_mtl.distributed import run_distributed
 
-            result = run_distributed(args, files, overrides)
+            result = run_distributed(args, files, overrides)[0]
+            result["resumed_at_epoch"] = None
         else:
             result = run(args.model, args.dataset, files, cmd_overrides=overrides, resume=args.resume)
     except LLMMTLError as e:

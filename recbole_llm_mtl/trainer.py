@@ -75,6 +75,23 @@ def _to_tuples(x):
 class CheckpointMixin:
     """Mixed in front of the RecBole trainer class chosen for the model."""
 
+    def __init__(self, config, model):
+        # RecBole wraps DDP with device_ids=[rank], which only exists on GPUs
+        cpu_ddp = not config["single_spec"] and config["device"].type == "cpu"
+        if cpu_ddp:
+            config["single_spec"] = True
+        super().__init__(config, model)
+        if cpu_ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            config["single_spec"] = False
+            self.distributed_model = DistributedDataParallel(self.model)
+        if not config["single_spec"]:
+            from recbole_llm_mtl.distributed import broadcast_object
+
+            # every rank must name (and later load) rank 0's checkpoint file
+            self.saved_model_file = broadcast_object(self.saved_model_file)
+
     def _state(self, epoch):
         return {
             "format": CHECKPOINT_FORMAT,
@@ -162,6 +179,10 @@ class CheckpointMixin:
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model and not self.config["single_spec"]:
+            from recbole_llm_mtl.distributed import barrier
+
+            barrier()  # rank 0 may still be writing the best checkpoint
         if load_best_model:
             path = model_file or self.saved_model_file
             self._load_weights(path)

@@ -33,6 +33,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_llm_mtl.data.dataset import AllPositionDataset
+from recbole_llm_mtl.distributed import is_distributed, sharded_cached_encode
 from recbole_llm_mtl.errors import ConfigError, TrainingError
 from recbole_llm_mtl.model.layers import (
     CausalTransformer,
@@ -174,7 +175,10 @@ class LLMMTL(SequentialRecommender):
         encode = lambda t: lm.encode(t, config["llm_batch_tokens"], config["show_progress"],
                                      desc=f"Encoding {what} text")
         start = time.perf_counter()
-        vectors, _ = cached_encode(cache, lm.identity, texts, encode)
+        if is_distributed():
+            vectors, _ = sharded_cached_encode(cache, lm.identity, texts, encode)
+        else:
+            vectors, _ = cached_encode(cache, lm.identity, texts, encode)
         self.text_seconds = getattr(self, "text_seconds", 0.0) + time.perf_counter() - start
         return vectors
 

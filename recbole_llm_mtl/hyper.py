@@ -15,7 +15,7 @@ import os
 import sys
 
 from recbole_llm_mtl.errors import LLMMTLError
-from recbole_llm_mtl.quick_start import run
+from recbole_llm_mtl.quick_start import parse_with_overrides, run
 
 ALGOS = ("exhaustive", "random", "bayes")
 
@@ -92,13 +92,7 @@ def main(argv=None):
     parser.add_argument("--early_stop", type=int, default=10, help="stop after this many trials without progress")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files fixed for all trials")
     parser.add_argument("--output_dir", default="saved/hyper")
-    args, rest = parser.parse_known_args(argv)
-    overrides = {}
-    for arg in rest:
-        if not arg.startswith("--") or "=" not in arg:
-            parser.error(f"unrecognized argument '{arg}': fixed config overrides are written --key=value")
-        key, value = arg[2:].split("=", 1)
-        overrides[key] = value
+    args, overrides = parse_with_overrides(parser, argv)  # other --key=value: fixed for every trial
     files = args.config_files.split() if args.config_files else None
     try:
         tune(args.model, args.dataset, args.params_file, args.algo, args.max_evals, args.early_stop, files,

@@ -98,6 +98,11 @@ def parse_args(argv):
     parser.add_argument("--ip", default="localhost", help="address of the rank-0 machine")
     parser.add_argument("--port", default="5678", help="port of the rank-0 machine")
     parser.add_argument("--group_offset", type=int, default=0, help="global rank of this machine's first process")
+    return parse_with_overrides(parser, argv)
+
+
+def parse_with_overrides(parser, argv):
+    """``parser``'s own arguments, plus every other ``--key=value`` as a config override."""
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for arg in rest:

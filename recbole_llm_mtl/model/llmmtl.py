@@ -114,7 +114,6 @@ class LLMMTL(SequentialRecommender):
             self.adaptor = MoEAdaptor(text_dim, self.hidden_size, self.n_experts, self.adaptor_dropout_prob)
             if self.llm_mode != "frozen":
                 self._init_tuning(config, lm, texts, empty)
-        self.item_text_dim = text_dim
         if user_template:
             texts, n_empty = render_texts(dataset, dataset.user_feat, user_template,
                                           config["text_separator"], "user")

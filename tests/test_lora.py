@@ -1,13 +1,20 @@
 """llm_mode: lora trains peft adapters of the shared model end to end (tiny real slice)."""
 
+import os
+
 import torch
 
 from conftest import build
 
 
+def _cache_files(cache_dir):
+    return {f: open(os.path.join(cache_dir, f), "rb").read() for f in os.listdir(cache_dir)}
+
+
 def test_lora_adapters_learn_and_eval_refreshes(tiny_root, cache_dir):
-    _, train, valid, _, model = build("LLMMTL", tiny_root, cache_dir, llm_mode="lora", train_batch_size=16,
-                                      task_weights={"behavior": 1.0})
+    over = dict(llm_mode="lora", train_batch_size=16, task_weights={"behavior": 1.0})
+    _, train, valid, _, model = build("LLMMTL", tiny_root, cache_dir, **over)
+    cache_before = _cache_files(cache_dir)
     lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
     assert lora and all(p.requires_grad for p in lora.values())
     frozen = [p for n, p in model.llm.named_parameters() if "lora_" not in n]
@@ -28,3 +35,12 @@ def test_lora_adapters_learn_and_eval_refreshes(tiny_root, cache_dir):
         scores = model.full_sort_predict(next(iter(valid))[0])
     assert torch.isfinite(scores).all()
     assert not torch.allclose(model.item_text, cached), "item vectors were not refreshed for evaluation"
+    # the checkpoint holds the adapter weights: a fresh model reloaded from it scores the same
+    state = model.state_dict()
+    assert any("lora_" in k for k in state)
+    _, _, _, _, fresh = build("LLMMTL", tiny_root, cache_dir, **over)
+    fresh.load_state_dict(state)
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh.full_sort_predict(next(iter(valid))[0]), scores)
+    assert _cache_files(cache_dir) == cache_before, "fine-tuned vectors reached the frozen-mode cache"

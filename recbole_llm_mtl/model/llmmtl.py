@@ -29,6 +29,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
@@ -88,6 +89,7 @@ class LLMMTL(SequentialRecommender):
         if not (self.use_text or self.item_id_embedding):
             raise ConfigError("use_text and item_id_embedding are both off: items would have no representation")
         self.USER_ID = config["USER_ID_FIELD"]
+        self.show_progress = config["show_progress"]
 
         # ---- text through the shared language model ----
         self.llm = None
@@ -220,8 +222,10 @@ class LLMMTL(SequentialRecommender):
 
     @torch.no_grad()
     def refresh_text_vectors(self, batch_size=256):
-        """Re-encode every item with the fine-tuned language model (lora/full modes)."""
-        for start in range(1, self.n_items, batch_size):
+        """Re-encode every item with the fine-tuned language model (lora/full modes); runs
+        before the first scoring after training, i.e. once per evaluation (``eval_step``)."""
+        starts = range(1, self.n_items, batch_size)
+        for start in tqdm(starts, desc="Re-encoding item text", unit="batch", disable=not self.show_progress):
             ids = torch.arange(start, min(start + batch_size, self.n_items), device=self.item_text.device)
             self.item_text[ids] = self._tuned_text(ids)
         self._stale_text = False

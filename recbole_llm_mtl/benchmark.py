@@ -97,7 +97,9 @@ def run_all(args):
 
 def _git_commit():
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo)
+        return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
 
@@ -122,7 +124,7 @@ def summarize(args, runs_dir):
             vals = [r[key] for r in results if r.get(key) is not None]
             row[key] = statistics.mean(vals) if vals else None
         rows.append(row)
-    command = "python -m recbole_llm_mtl.benchmark " + " ".join(sys.argv[1:])
+    command = "python -m recbole_llm_mtl.benchmark " + " ".join(a for a in sys.argv[1:] if a != "--report_only")
     base = os.path.join(args.out, args.dataset + ("-tiny" if args.tiny else ""))
     with open(base + ".json", "w") as f:
         json.dump({"rows": rows, "published": PUBLISHED, "commit": _git_commit(), "command": command}, f, indent=1)
@@ -194,6 +196,8 @@ def main(argv=None):
     parser.add_argument("--max_seeds", type=int, default=3, help="at most this many seeds per model")
     parser.add_argument("--tiny", action="store_true", help="1 epoch each (a smoke test of the harness)")
     parser.add_argument("--data_path", default=None, help="data_path override (e.g. a small slice)")
+    parser.add_argument("--report_only", action="store_true",
+                        help="write the table and plot from finished runs, train nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -206,7 +210,11 @@ def main(argv=None):
         args.extra.update({"epochs": 1, "train_batch_size": 256})
     if args.data_path:
         args.extra["data_path"] = args.data_path
-    summarize(args, run_all(args))
+    if args.report_only:
+        runs_dir = os.path.join(args.out, "runs", args.dataset + ("-tiny" if args.tiny else ""))
+    else:
+        runs_dir = run_all(args)
+    summarize(args, runs_dir)
 
 
 if __name__ == "__main__":

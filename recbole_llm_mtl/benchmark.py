@@ -38,6 +38,9 @@ RUNS = {
     "LLMMTL scorer: dot": ("LLMMTL", {"scorer": "dot"}, SEEDS[:1]),
     "LLMMTL text only (no ID)": ("LLMMTL", {"item_id_embedding": False}, SEEDS[:1]),
     "LLMMTL ID only (no text)": ("LLMMTL", {"use_text": False}, SEEDS[:1]),
+    # cold-start protocol: 10% of items lose every train interaction (see README)
+    "cold-start: LLMMTL inductive": ("LLMMTL", {"cold_item_ratio": 0.1, "item_id_embedding": False}, SEEDS[:1]),
+    "cold-start: SASRec": ("SASRec", {"cold_item_ratio": 0.1}, SEEDS[:1]),
 }
 PUBLISHED = {  # not re-run: RUCAIBox/VQ-Rec README, same data and protocol
     "VQ-Rec (published, not re-run)": {"recall@10": 0.1211, "ndcg@10": 0.0643, "recall@50": 0.2369, "ndcg@50": 0.0897},
@@ -123,6 +126,10 @@ def summarize(args, runs_dir):
         for key in ("best_epoch", "seconds_per_epoch", "fit_seconds", "eval_seconds", "peak_rss_mb"):
             vals = [r[key] for r in results if r.get(key) is not None]
             row[key] = statistics.mean(vals) if vals else None
+        for part in ("test_cold", "test_warm"):
+            if part in results[0]:
+                for m in ("recall@10", "ndcg@10"):
+                    row[f"{part}_{m}"] = statistics.mean(r[part][m] for r in results)
         rows.append(row)
     command = "python -m recbole_llm_mtl.benchmark " + " ".join(a for a in sys.argv[1:] if a != "--report_only")
     base = os.path.join(args.out, args.dataset + ("-tiny" if args.tiny else ""))
@@ -154,7 +161,7 @@ def _markdown(path, rows, args, command):
              "| model | seeds | " + " | ".join(c.replace("@", "@") for c in cols)
              + " | best epoch | s/epoch | train s | eval s | peak RSS MB |",
              "|---|---|" + "---|" * (len(cols) + 5)]
-    for r in rows:
+    for r in (r for r in rows if "test_cold_recall@10" not in r):
         lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(_fmt(r, c) for c in cols)
                      + f" | {r['best_epoch'] if r['best_epoch'] is not None else '-'}"
                      + f" | {r['seconds_per_epoch']:.1f} | {r['fit_seconds']:.0f} | {r['eval_seconds']:.1f}"
@@ -162,6 +169,16 @@ def _markdown(path, rows, args, command):
     for name, vals in PUBLISHED.items():
         lines.append(f"| {name} | - | " + " | ".join(f"{vals[c]:.4f}" if c in vals else "-" for c in cols)
                      + " | - | - | - | - | - |")
+    cold = [r for r in rows if "test_cold_recall@10" in r]
+    if cold:
+        lines += ["", "## Cold start", "",
+                  "10% of items (seeded) lose every train interaction; test rows are split by whether the "
+                  "target is such a cold item. Full ranking over all items.", "",
+                  "| model | cold R@10 | cold N@10 | warm R@10 | warm N@10 | cold/warm R@10 |", "|---|---|---|---|---|---|"]
+        for r in cold:
+            ratio = r["test_cold_recall@10"] / r["test_warm_recall@10"] if r["test_warm_recall@10"] else float("nan")
+            lines.append(f"| {r['model']} | {r['test_cold_recall@10']:.4f} | {r['test_cold_ndcg@10']:.4f} | "
+                         f"{r['test_warm_recall@10']:.4f} | {r['test_warm_ndcg@10']:.4f} | {ratio:.2f} |")
     lines += ["", f"Command: `{command}`  ", f"Commit: `{_git_commit()}`", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -174,7 +191,7 @@ def _plot(path, rows):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
+    for r in (r for r in rows if "test_cold_recall@10" not in r):
         ax.scatter(r["fit_seconds"], r["ndcg@10"], s=40)
         ax.annotate(r["model"], (r["fit_seconds"], r["ndcg@10"]), fontsize=7, xytext=(4, 2),
                     textcoords="offset points")

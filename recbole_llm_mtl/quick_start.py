@@ -11,18 +11,40 @@ import sys
 import time
 from logging import getLogger
 
+import torch
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import init_logger, init_seed, set_color
+from recbole.data.dataset import SequentialDataset
+from recbole.data.utils import get_dataloader
+from recbole.utils import ModelType, init_logger, init_seed, set_color
 
 from recbole_llm_mtl.config import build_config, get_model_class
-from recbole_llm_mtl.errors import LLMMTLError
+from recbole_llm_mtl.data.dataset import with_cold_items
+from recbole_llm_mtl.errors import ConfigError, LLMMTLError
 from recbole_llm_mtl.trainer import make_trainer
 
 
 def load_dataset(config, model_class):
-    """The model's own dataset class if it declares one, else RecBole's choice."""
+    """The model's own dataset class if it declares one, else RecBole's choice; with
+    ``cold_item_ratio`` > 0 (sequential models), the cold-start protocol on top."""
     dataset_class = getattr(model_class, "dataset_class", None)
+    if config["cold_item_ratio"]:
+        if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+            raise ConfigError("cold_item_ratio is implemented for sequential models only")
+        return with_cold_items(dataset_class or SequentialDataset)(config)
     return dataset_class(config) if dataset_class else create_dataset(config)
+
+
+def evaluate_cold_and_warm(trainer, config, test_data, show_progress):
+    """Test metrics on the rows whose target is a cold item, and on the others."""
+    test = test_data._dataset
+    cold = test.cold_items[test.inter_feat[test.iid_field]]
+    out = {}
+    for name, mask in (("test_cold", cold), ("test_warm", ~cold)):
+        subset = test.copy(test.inter_feat[torch.nonzero(mask).flatten()])
+        loader = get_dataloader(config, "test")(config, subset, test_data._sampler, shuffle=False)
+        out[name] = dict(trainer.evaluate(loader, load_best_model=False, show_progress=show_progress))
+        out[name]["rows"] = int(mask.sum())
+    return out
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=None,
@@ -59,6 +81,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
     eval_start = time.time()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     eval_seconds = time.time() - eval_start
+    cold_warm = evaluate_cold_and_warm(trainer, config, test_data, config["show_progress"]) \
+        if config["cold_item_ratio"] else {}
 
     if not config["single_spec"]:
         import torch.distributed as dist
@@ -82,6 +106,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
         "history": history,
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
         "resumed_at_epoch": trainer.start_epoch if resume else None,
+        **cold_warm,
     }
 
 

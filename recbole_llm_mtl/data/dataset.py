@@ -1,6 +1,7 @@
 """RecBole dataset for models trained on every position of a sequence at once."""
 
 import numpy as np
+import torch
 from recbole.data.dataset import SequentialDataset
 
 
@@ -33,3 +34,45 @@ class AllPositionDataset(SequentialDataset):
                                      self.config["MAX_ITEM_LIST_LENGTH"])
             datasets[0] = train.copy(train.inter_feat[keep])
         return datasets
+
+
+def remove_items(train, items_mask, seq_field, len_field, item_field):
+    """Drop every interaction with a masked item from train rows: rows whose target is
+    masked go, masked items leave the histories (the rest is shifted left, order kept)."""
+    feat = train.inter_feat
+    keep_row = ~items_mask[feat[item_field]]
+    seq, lengths = feat[seq_field][keep_row], feat[len_field][keep_row]
+    positions = torch.arange(seq.size(1)).unsqueeze(0)
+    keep = (positions < lengths.unsqueeze(1)) & ~items_mask[seq]
+    order = torch.argsort((~keep).int(), dim=1, stable=True)  # kept items first, in order
+    seq = torch.where(torch.gather(keep, 1, order), torch.gather(seq, 1, order), torch.zeros_like(seq))
+    new_len = keep.sum(1)
+    rows = torch.nonzero(keep_row).flatten()[new_len > 0]
+    sub = train.copy(feat[rows])
+    sub.inter_feat[seq_field] = seq[new_len > 0]
+    sub.inter_feat[len_field] = new_len[new_len > 0]
+    return sub
+
+
+class ColdItemMixin:
+    """Cold-start protocol: a random ``cold_item_ratio`` of items (seeded) loses every
+    interaction in the train split; valid/test rows stay as they are, and ``cold_items``
+    tells which test targets are cold."""
+
+    def build(self):
+        datasets = super().build()
+        rng = np.random.RandomState(self.config["seed"])
+        n_items = self.item_num
+        n_cold = int(round(self.config["cold_item_ratio"] * (n_items - 1)))
+        self.cold_items = torch.zeros(n_items, dtype=torch.bool)
+        self.cold_items[torch.as_tensor(rng.choice(np.arange(1, n_items), n_cold, replace=False))] = True
+        datasets[0] = remove_items(datasets[0], self.cold_items, self.item_id_list_field,
+                                   self.item_list_length_field, self.iid_field)
+        for d in datasets:
+            d.cold_items = self.cold_items
+        return datasets
+
+
+def with_cold_items(dataset_class):
+    """``dataset_class`` with the cold-start protocol mixed in."""
+    return type(f"Cold{dataset_class.__name__}", (ColdItemMixin, dataset_class), {})

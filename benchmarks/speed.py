@@ -145,7 +145,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="amazon")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    parser.add_argument("--data_path", default=None, help="data_path override (a smoke test on a small slice)")
     args = parser.parse_args(argv)
+    base = {"data_path": args.data_path} if args.data_path else {}
     work = tempfile.mkdtemp(prefix="speed-")
     cold_cache = os.path.join(work, "cold_cache")
     warm_cache = os.path.join(work, "warm_cache")
@@ -154,14 +156,14 @@ def main(argv=None):
 
     # 1. time to quality (and 5. peak memory of the main job)
     print("SASRec ...", flush=True)
-    sas = train_run("SASRec", args.dataset, {}, work)
+    sas = train_run("SASRec", args.dataset, dict(base), work)
     sas_best = max(s for _, s, _ in sas["history"])
     sas_time = seconds_to_reach(sas["history"], sas_best)
     print("LLMMTL, cold cache ...", flush=True)
-    cold = train_run("LLMMTL", args.dataset, {"text_cache_dir": cold_cache}, work)
+    cold = train_run("LLMMTL", args.dataset, {**base, "text_cache_dir": cold_cache}, work)
     shutil.copytree(cold_cache, warm_cache)
     print("LLMMTL, warm cache ...", flush=True)
-    warm = train_run("LLMMTL", args.dataset, {"text_cache_dir": warm_cache}, work)
+    warm = train_run("LLMMTL", args.dataset, {**base, "text_cache_dir": warm_cache}, work)
     res["time_to_quality"] = {
         "sasrec_best_valid_ndcg10": sas_best, "sasrec_seconds": sas_time,
         "llmmtl_warm_seconds": seconds_to_reach(warm["history"], sas_best),
@@ -173,12 +175,12 @@ def main(argv=None):
 
     # 3. warm start: text vectors from the cache
     print("warm start, encoding and serving ...", flush=True)
-    config_llm, data_llm, test_llm, model_llm, init_s = build_model("LLMMTL", args.dataset, {"text_cache_dir": warm_cache})
+    config_llm, data_llm, test_llm, model_llm, init_s = build_model("LLMMTL", args.dataset, {**base, "text_cache_dir": warm_cache})
     res["warm_start"] = {"text_vector_seconds": model_llm.text_seconds, "model_init_seconds": init_s}
     # 2. text encoding
     res["encoding"] = encoding_bench(config_llm, data_llm)
     # 4. serving
-    config_sas, _, test_sas, model_sas, _ = build_model("SASRec", args.dataset, {})
+    config_sas, _, test_sas, model_sas, _ = build_model("SASRec", args.dataset, dict(base))
     res["serving"] = serving_bench(config_llm, config_sas, test_llm, test_sas, model_llm, model_sas)
     shutil.rmtree(work, ignore_errors=True)
     write_report(res, args)

@@ -162,6 +162,7 @@ class LLMMTL(SequentialRecommender):
         self.loss_names = [TASKS[k] for k in self.active_tasks]
         self.weighting = TaskWeighting([self.task_weights[k] for k in self.active_tasks], self.task_weighting)
         self._stale_text = False
+        self._scoring_items = None  # H_v of all items, cached while not training
         self._step = 0  # training steps, for error messages
         self.apply(self._init_weights)
 
@@ -212,7 +213,12 @@ class LLMMTL(SequentialRecommender):
     def train(self, mode=True):
         if self.llm is not None and mode:
             self._stale_text = True  # fine-tuned text vectors are refreshed before scoring
+        self._scoring_items = None  # weights may change: item representations are recomputed
         return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._scoring_items = None
+        return super().load_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------ representations
     def _tuned_text(self, ids):
@@ -258,8 +264,16 @@ class LLMMTL(SequentialRecommender):
         return h_a, h_u, self.scorer.query(h_a, h_u)
 
     def forward(self, item_seq, item_seq_len, user_ids):
-        """Query vector at the last real position of each history, and all H_v."""
-        h_v = self.item_representations()
+        """Query vector at the last real position of each history, and all H_v.
+
+        Out of training, H_v of all items is computed once and reused by every scoring call
+        (evaluation batches, serving) until the model trains or loads new weights."""
+        if self.training:
+            h_v = self.item_representations()
+        else:
+            if self._scoring_items is None:
+                self._scoring_items = self.item_representations()
+            h_v = self._scoring_items
         _, _, query = self.user_states(item_seq, user_ids, h_v)
         return self.gather_indexes(query, item_seq_len - 1), h_v
 

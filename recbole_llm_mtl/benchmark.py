@@ -61,6 +61,7 @@ def worker(spec_path):
     result = run(spec["model"], spec["dataset"], config_dict=spec["overrides"])
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds_per_epoch"] = result["fit_seconds"] / max(result["epochs"], 1)
+    result["commit"] = _git_commit()
     tmp = spec["result"] + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1, default=str)
@@ -109,6 +110,7 @@ def _git_commit():
 
 def summarize(args, runs_dir):
     rows = []
+    args.run_commits = set()
     for name in args.models or list(RUNS):
         results = []
         for seed in RUNS[name][2][: args.max_seeds]:
@@ -118,6 +120,7 @@ def summarize(args, runs_dir):
                     results.append(json.load(f))
         if not results:
             continue
+        args.run_commits.update(r.get("commit", "unknown") for r in results)
         row = {"model": name, "seeds": len(results)}
         for m in METRICS:
             vals = [r["test_result"][m] for r in results]
@@ -131,7 +134,8 @@ def summarize(args, runs_dir):
                 for m in ("recall@10", "ndcg@10"):
                     row[f"{part}_{m}"] = statistics.mean(r[part][m] for r in results)
         rows.append(row)
-    command = "python -m recbole_llm_mtl.benchmark " + " ".join(a for a in sys.argv[1:] if a != "--report_only")
+    command = "python -m recbole_llm_mtl.benchmark " + " ".join(
+        a if " " not in a else repr(a) for a in sys.argv[1:] if a != "--report_only")
     base = os.path.join(args.out, args.dataset + ("-tiny" if args.tiny else ""))
     with open(base + ".json", "w") as f:
         json.dump({"rows": rows, "published": PUBLISHED, "commit": _git_commit(), "command": command}, f, indent=1)
@@ -179,7 +183,10 @@ def _markdown(path, rows, args, command):
             ratio = r["test_cold_recall@10"] / r["test_warm_recall@10"] if r["test_warm_recall@10"] else float("nan")
             lines.append(f"| {r['model']} | {r['test_cold_recall@10']:.4f} | {r['test_cold_ndcg@10']:.4f} | "
                          f"{r['test_warm_recall@10']:.4f} | {r['test_warm_ndcg@10']:.4f} | {ratio:.2f} |")
-    lines += ["", f"Command: `{command}`  ", f"Commit: `{_git_commit()}`", ""]
+    if args.note:
+        lines += ["", f"Note: {args.note}"]
+    lines += ["", f"Command: `{command}`  ", f"Table written at commit `{_git_commit()}`; runs made at "
+              f"{', '.join(sorted(args.run_commits)) or 'unknown'}.", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
@@ -213,6 +220,7 @@ def main(argv=None):
     parser.add_argument("--max_seeds", type=int, default=3, help="at most this many seeds per model")
     parser.add_argument("--tiny", action="store_true", help="1 epoch each (a smoke test of the harness)")
     parser.add_argument("--data_path", default=None, help="data_path override (e.g. a small slice)")
+    parser.add_argument("--note", default="", help="a sentence for the table's notes (e.g. machine load)")
     parser.add_argument("--report_only", action="store_true",
                         help="write the table and plot from finished runs, train nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

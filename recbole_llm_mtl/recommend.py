@@ -121,7 +121,7 @@ class Recommender:
                 contrib = parts[r] @ v
                 signal = SIGNALS[int(torch.argmax(contrib))]
                 recs.append({"item": self.data.id2token(self.data.iid_field, item), "title": self.titles[item],
-                             "score": round(score, 4), "because_you_bought": self.titles[nearest],
+                             "score": round(score, 6), "because_you_bought": self.titles[nearest],
                              "main_signal": signal})
             out.append({"user": raw_users[r], "recommendations": recs})
         return out
@@ -189,7 +189,7 @@ def main(argv=None):
         for u in result:
             print(f"Top {args.topk} for user {u['user']}:")
             for k, r in enumerate(u["recommendations"], 1):
-                print(f"  {k:2d}. {r['score']:.4f}  {r['title'][:70]}")
+                print(f"  {k:2d}. {r['score']:.6f}  {r['title'][:70]}")
                 print(f"        because you bought: {r['because_you_bought'][:60]}  (main signal: {r['main_signal']})")
     print(f"({elapsed * 1000:.1f} ms for {len(result)} request(s) after loading the model)", file=sys.stderr)
     return 0

@@ -56,6 +56,9 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
     started = time.time()
     config = build_config(model, dataset, config_file_list, config_dict, cmd_overrides)
     init_seed(config["seed"], config["reproducibility"])
+    # RecBole creates these with makedirs(exist_ok=False): ranks starting together race
+    for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
+        os.makedirs(folder, exist_ok=True)
     init_logger(config)
     logger = getLogger()
     logger.info(config)

@@ -21,8 +21,10 @@ Inputs (each read line by line, ``.gz`` or plain, so files larger than memory wo
 Outputs ``<name>.inter`` (user, item, rating, timestamp in seconds), ``<name>.item`` (title,
 brand, categories, description, price; HTML and boilerplate stripped) and, with review
 texts, ``<name>.review`` (user, item, timestamp, text). Review texts of a user's last two
-interactions (valid and test under leave-one-out by time) are never written, so they
-cannot reach the model. Malformed lines are skipped and counted in the summary.
+interactions (valid and test under leave-one-out by time), and any review written at or
+after the valid one, are never written, so they cannot reach the model. Review texts are
+never held in memory: a second streaming pass writes them once the split is known.
+Malformed lines are skipped and counted in the summary.
 """
 
 import argparse
@@ -34,6 +36,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from collections import Counter, defaultdict
 
 from tqdm import tqdm
@@ -104,50 +107,86 @@ def _seconds(ts):
     return ts / 1000.0 if ts > 1e11 else ts  # 2023 uses milliseconds, 2018 seconds
 
 
+def _review_fields(rec, r):
+    """(user, item, seconds, rating, text) of one review record (2018 or 2023 schema)."""
+    user = rec.get("user_id") or r.get("user_id") or r.get("reviewerID")
+    item = r.get("parent_asin") or r.get("asin")
+    ts = r.get("timestamp") or r.get("unixReviewTime")
+    text = clean_text(" ".join(str(x) for x in (r.get("title") or r.get("summary") or "",
+                                                r.get("text") or r.get("reviewText") or "") if x))
+    return user, item, (_seconds(ts) if ts is not None else None), r.get("rating", r.get("overall")), text
+
+
+def _reviews(path, stats):
+    """Yield review fields; the mini set nests reviews per user, official files have one a line."""
+    for rec in _records(path, stats, "review"):
+        for r in rec.get("reviews", [rec]):
+            fields = _review_fields(rec, r)
+            if not fields[0] or not fields[1] or fields[2] is None:
+                stats["reviews without user/item/time"] += 1
+                continue
+            yield fields
+
+
+def _csv_rows(path, what):
+    with _open(path) as f:
+        yield from tqdm(csv.DictReader(f), desc=f"reading {what}", unit=" rows", mininterval=1, leave=False)
+
+
 def read_interactions(args, stats):
-    """(user, item, rating, seconds, review text or None) tuples from the given inputs."""
+    """(user, item, rating, seconds) tuples from the given inputs; review texts are not
+    kept here (they are streamed to the output later, see :func:`write_reviews`)."""
     rows = []
     if args.splits:
         for split in ("train", "valid", "test"):
-            with _open(f"{args.splits}.{split}.csv") as f:
-                for rec in csv.DictReader(f):
-                    try:
-                        rows.append((rec["user_id"], rec["parent_asin"], float(rec["rating"]),
-                                     _seconds(rec["timestamp"]), None))
-                    except (KeyError, ValueError, TypeError):
-                        stats["malformed split rows"] += 1
+            for rec in _csv_rows(f"{args.splits}.{split}.csv", f"{split} split"):
+                try:
+                    rows.append((rec["user_id"], rec["parent_asin"], float(rec["rating"]), _seconds(rec["timestamp"])))
+                except (KeyError, ValueError, TypeError):
+                    stats["malformed split rows"] += 1
     elif args.ratings:
         with _open(args.ratings) as f:
-            for row in csv.reader(f):
+            for row in tqdm(csv.reader(f), desc="reading ratings", unit=" rows", mininterval=1, leave=False):
                 try:
                     item, user, rating, ts = row[:4]
-                    rows.append((user, item, float(rating), _seconds(ts), None))
+                    rows.append((user, item, float(rating), _seconds(ts)))
                 except ValueError:
                     stats["malformed rating rows"] += 1
-    if args.reviews:
-        texts = {}
-        for rec in _records(args.reviews, stats, "review"):
-            # the mini set nests reviews per user; official files have one review a line
-            for r in rec.get("reviews", [rec]):
-                user = rec.get("user_id") or r.get("user_id") or r.get("reviewerID")
-                item = r.get("parent_asin") or r.get("asin")
-                ts = r.get("timestamp") or r.get("unixReviewTime")
-                rating = r.get("rating", r.get("overall"))
-                text = clean_text(" ".join(str(x) for x in (r.get("title") or r.get("summary") or "",
-                                                            r.get("text") or r.get("reviewText") or "") if x))
-                if not user or not item or ts is None:
-                    stats["reviews without user/item/time"] += 1
-                    continue
-                texts[(user, item)] = (_seconds(ts), text)
-                if not (args.splits or args.ratings):
-                    try:
-                        rows.append((user, item, float(rating), _seconds(ts), None))
-                    except (TypeError, ValueError):
-                        stats["reviews without a rating"] += 1
-        rows = [(u, i, r, t, texts.get((u, i), (None, None))[1]) for u, i, r, t, _ in rows]
+    elif args.reviews:
+        for user, item, ts, rating, _ in _reviews(args.reviews, stats):
+            try:
+                rows.append((user, item, float(rating), ts))
+            except (TypeError, ValueError):
+                stats["reviews without a rating"] += 1
     if not rows:
         raise DataError("no interactions read: give --splits, --ratings or --reviews")
     return rows
+
+
+def write_reviews(path, out_path, allowed, split_time, stats, count_bad_lines):
+    """Second streaming pass over the reviews: write the texts of train interactions only
+    (``allowed`` (user, item) pairs, written before the user's split time) through a temp
+    file renamed into place. Returns the number written."""
+    folder = os.path.dirname(os.path.abspath(out_path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    written = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write("user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq\n")
+            for user, item, ts, _, text in _reviews(path, stats if count_bad_lines else Counter()):
+                if (user, item) not in allowed or ts >= split_time.get(user, float("inf")):
+                    if user in split_time:
+                        stats["held-out reviews not written"] += 1
+                    continue
+                if text:
+                    f.write(f"{user}\t{item}\t{_num(ts)}\t{text}\n")
+                    written += 1
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return written
 
 
 def read_meta(path, stats):
@@ -197,6 +236,10 @@ def k_core(rows, k, stats):
 
 def convert(args):
     stats = Counter()
+    out_files = [os.path.join(args.out, f"{args.name}.{x}") for x in ("inter", "item", "review")]
+    existing = [p for p in out_files if os.path.exists(p)]
+    if existing and not args.overwrite:
+        raise DataError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
     rows = read_interactions(args, stats)
     if args.min_rating is not None:
         before = len(rows)
@@ -211,29 +254,28 @@ def convert(args):
     items = sorted({r[1] for r in rows})
     stats["items without metadata"] += sum(1 for i in items if i not in meta)
 
-    # leave-one-out: a user's last two interactions are valid/test; their reviews stay out
+    # leave-one-out: a user's last two interactions are valid/test; no review text at or
+    # after the user's valid interaction is ever written
     by_user = defaultdict(list)
     for r in rows:
         by_user[r[0]].append(r)
-    reviews = []
-    for user, urows in by_user.items():
-        for r in urows[:-2]:
-            if r[4]:
-                reviews.append((user, r[1], _num(r[3]), r[4]))
-        stats["held-out reviews not written"] += sum(1 for r in urows[-2:] if r[4])
+    split_time = {u: ur[-2][3] for u, ur in by_user.items() if len(ur) >= 2}
+    allowed = {(r[0], r[1]) for ur in by_user.values() for r in ur[:-2]}
+    held = {(r[0], r[1]) for ur in by_user.values() for r in ur[-2:]}
+    allowed -= held  # an item bought again as a held-out item keeps no review either
 
-    files = {
+    write_atomic_files(args.out, args.name, overwrite=True, **{
         "inter": (["user_id:token", "item_id:token", "rating:float", "timestamp:float"],
-                  [(u, i, _num(rt), _num(t)) for u, i, rt, t, _ in rows]),
+                  [(u, i, _num(rt), _num(t)) for u, i, rt, t in rows]),
         "item": (["item_id:token", "title:token_seq", "brand:token", "categories:token_seq",
                   "description:token_seq", "price:float"],
                  [(i,) + tuple(meta.get(i, {}).get(f, "") for f in ("title", "brand", "categories", "description", "price"))
                   for i in items]),
-    }
-    if reviews:
-        files["review"] = (["user_id:token", "item_id:token", "timestamp:float", "text:token_seq"], reviews)
-    write_atomic_files(args.out, args.name, overwrite=args.overwrite, **files)
-    summary = {"users": len(by_user), "items": len(items), "interactions": len(rows), "reviews": len(reviews)}
+    })
+    # bad review lines were counted in the first pass when the reviews were the interactions
+    count_bad = bool(args.splits or args.ratings)
+    reviews = write_reviews(args.reviews, out_files[2], allowed, split_time, stats, count_bad) if args.reviews else 0
+    summary = {"users": len(by_user), "items": len(items), "interactions": len(rows), "reviews": reviews}
     summary.update(stats)
     return summary
 

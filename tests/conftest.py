@@ -1,7 +1,6 @@
 """Shared fixtures: a small real slice of the shipped amazon dataset and one text cache."""
 
 import os
-import shutil
 import sys
 
 import pytest

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT, build, tiny_overrides
 from recbole_llm_mtl.config import build_config, get_model_class
 from recbole_llm_mtl.errors import ConfigError
-from recbole_llm_mtl.quick_start import main, run
+from recbole_llm_mtl.quick_start import run
 
 
 def _cli(args, cwd):

@@ -6,7 +6,6 @@ import os
 import pytest
 
 from conftest import tiny_overrides
-from recbole_llm_mtl.errors import ConfigError
 from recbole_llm_mtl.quick_start import run
 from recbole_llm_mtl.recommend import Recommender, main
 
@@ -39,7 +38,6 @@ def test_recommend_with_reasons(checkpoint, tiny_root):
     history = {rec.titles[i] for i in rec.seq[rec.user_row(user), : rec.lens[rec.user_row(user)]].tolist()}
     for r in recs:
         assert r["because_you_bought"] in history       # the reason is one of the user's own items
-        assert r["title"] not in history or True
         assert r["main_signal"] in ("behaviour", "profile", "reasoning")
 
 

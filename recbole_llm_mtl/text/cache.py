@@ -13,7 +13,6 @@ import logging
 import os
 import tempfile
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 

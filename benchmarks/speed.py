@@ -99,7 +99,7 @@ def encoding_bench(config, dataset):
             "matmul_gflops": peak / 1e9}
 
 
-def serving_bench(config_llm, config_sas, test_llm, test_sas, model_llm, model_sas):
+def serving_bench(test_llm, test_sas, model_llm, model_sas):
     def users_per_s(model, loader):
         model.eval()
         n, t = 0, time.perf_counter()
@@ -180,8 +180,8 @@ def main(argv=None):
     # 2. text encoding
     res["encoding"] = encoding_bench(config_llm, data_llm)
     # 4. serving
-    config_sas, _, test_sas, model_sas, _ = build_model("SASRec", args.dataset, dict(base))
-    res["serving"] = serving_bench(config_llm, config_sas, test_llm, test_sas, model_llm, model_sas)
+    _, _, test_sas, model_sas, _ = build_model("SASRec", args.dataset, dict(base))
+    res["serving"] = serving_bench(test_llm, test_sas, model_llm, model_sas)
     shutil.rmtree(work, ignore_errors=True)
     write_report(res, args)
 

@@ -288,8 +288,8 @@ class LLMMTL(SequentialRecommender):
         labels[rows, seq_len - 1] = interaction[self.POS_ITEM_ID]
         valid = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0) < seq_len.unsqueeze(1)
 
-        fresh = torch.unique(torch.cat([item_seq[valid], labels[valid]])) if self.llm is not None else None
-        h_v = self.item_representations(fresh)
+        batch_items = torch.unique(torch.cat([item_seq[valid], labels[valid]]))
+        h_v = self.item_representations(batch_items if self.llm is not None else None)
         h_a, h_u, query = self.user_states(item_seq, user_ids, h_v)
         items = self.scorer.items(h_v)
 
@@ -305,8 +305,8 @@ class LLMMTL(SequentialRecommender):
                     target = torch.cat([target, extra], dim=1)
                 losses.append(F.binary_cross_entropy_with_logits(self.user_head(h_u[valid]), target))
             else:
-                ids = torch.unique(torch.cat([item_seq[valid], labels[valid]]))
-                losses.append(F.binary_cross_entropy_with_logits(self.item_head(h_v[ids]), self.item_tags[ids]))
+                losses.append(F.binary_cross_entropy_with_logits(self.item_head(h_v[batch_items]),
+                                                                 self.item_tags[batch_items]))
         self._step += 1
         for name, loss in zip(self.loss_names, losses):
             if not torch.isfinite(loss):

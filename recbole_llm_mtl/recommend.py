@@ -132,10 +132,11 @@ class Recommender:
         m = self.model
         if not m.use_text:
             raise ConfigError("this checkpoint was trained without text (use_text: False); it cannot rank new items")
-        from recbole_llm_mtl.text.encoder import SharedLanguageModel
+        from recbole_llm_mtl.text.encoder import SharedLanguageModel, resolve_dtype
 
+        dtype = resolve_dtype(self.config["llm_dtype"], trainable=self.config["llm_mode"] != "frozen")
         lm = SharedLanguageModel(self.config["llm_path"], self.config["llm_pooling"], self.config["llm_max_length"],
-                                 self.config["llm_dtype"])
+                                 dtype)
         vec = (lm.encode([text], show_progress=False) - m.text_mean) / m.text_std
         item = m.scorer.items(m.item_norm(m.adaptor(vec)))  # text path only: no ID embedding exists
         rows = torch.arange(len(self.seq))

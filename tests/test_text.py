@@ -5,7 +5,7 @@ import torch
 
 from recbole_llm_mtl.config import build_config
 from recbole_llm_mtl.errors import ConfigError
-from recbole_llm_mtl.text.encoder import SharedLanguageModel
+from recbole_llm_mtl.text.encoder import SharedLanguageModel, resolve_dtype
 from recbole_llm_mtl.text.templates import render_texts, template_from_config
 
 
@@ -67,3 +67,17 @@ def test_bad_llm_path_and_offline_name():
         SharedLanguageModel("/definitely/not/here")
     with pytest.raises(ConfigError, match="offline"):
         SharedLanguageModel("some-org/not-a-cached-model-xyz")
+
+
+def test_bfloat16_encoding_matches_float32_and_auto_dtype_rules():
+    texts = ["Mr. Heater portable propane heater. Brand: Mr. Heater", "digital caliper 6 inch", "nitrile gloves, large"]
+    exact = SharedLanguageModel(dtype="float32").encode(texts, show_progress=False)
+    fast = SharedLanguageModel(dtype="bfloat16").encode(texts, show_progress=False)
+    assert fast.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(exact, fast).min() > 0.999
+    # a trained language model keeps float32 weights whatever the hardware
+    assert resolve_dtype("auto", "cpu", trainable=True) == "float32"
+    assert resolve_dtype("auto", "cpu") in ("float32", "bfloat16")
+    assert resolve_dtype("float16", "cpu") == "float16"
+    with pytest.raises(ConfigError, match="llm_dtype 'fp8'"):
+        resolve_dtype("fp8")

@@ -45,7 +45,7 @@ from recbole_llm_mtl.model.layers import (
     causal_mean,
 )
 from recbole_llm_mtl.text.cache import VectorCache, cached_encode
-from recbole_llm_mtl.text.encoder import SharedLanguageModel
+from recbole_llm_mtl.text.encoder import SharedLanguageModel, resolve_dtype
 from recbole_llm_mtl.text.templates import multi_hot, render_texts, template_from_config
 
 logger = logging.getLogger(__name__)
@@ -168,8 +168,8 @@ class LLMMTL(SequentialRecommender):
 
     # ------------------------------------------------------------------ set-up helpers
     def _load_llm(self, config):
-        lm = SharedLanguageModel(config["llm_path"], config["llm_pooling"], config["llm_max_length"],
-                                 config["llm_dtype"])
+        dtype = resolve_dtype(config["llm_dtype"], config["device"], trainable=self.llm_mode != "frozen")
+        lm = SharedLanguageModel(config["llm_path"], config["llm_pooling"], config["llm_max_length"], dtype)
         return lm.to(config["device"])
 
     def _encode(self, config, lm, texts, what):

@@ -78,6 +78,7 @@ class LLMMTL(SequentialRecommender):
         self.scorer_mode = _choice(config, "scorer", ("mlp", "dot"))
         self.behavior_loss = _choice(config, "behavior_loss", ("ce", "bce"))
         self.neg_samples = config["neg_samples"]
+        self.label_smoothing = config["label_smoothing"]
         self.llm_mode = _choice(config, "llm_mode", ("frozen", "lora", "full"))
         self.task_weights = [float(config["task_weights"].get(t, 0.0)) for t in TASKS]
         self.task_weighting = _choice(config, "task_weighting", ("fixed", "uncertainty"))
@@ -316,9 +317,9 @@ class LLMMTL(SequentialRecommender):
 
     def _behavior_loss(self, query, items, labels):
         if self.behavior_loss == "ce":
-            logits = self.scorer.logits(query, items)
-            logits[:, 0] = float("-inf")  # padding is never a target
-            return F.cross_entropy(logits, labels)
+            # row 0 (padding) is never a target: softmax over the real items 1..n only
+            logits = self.scorer.logits(query, items[1:])
+            return F.cross_entropy(logits, labels - 1, label_smoothing=self.label_smoothing)
         pos = self.scorer.pair_logits(query, items[labels])
         neg_ids = torch.randint(1, self.n_items, (labels.size(0), self.neg_samples), device=labels.device)
         neg = self.scorer.pair_logits(query.unsqueeze(1), items[neg_ids])

@@ -159,6 +159,18 @@ class LLMMTL(SequentialRecommender):
                 self.task_weights[k] = 0.0
         self.user_head = nn.Linear(self.hidden_size, n_user_tags) if self.task_weights[1] > 0 else None
         self.item_head = nn.Linear(self.hidden_size, item_tags.size(1)) if self.task_weights[2] > 0 else None
+        # Items with no training interaction are unknown to the model, not negatives: a
+        # softmax that pushes them down at every step would bury new (cold) items whose
+        # text resembles what users buy. Only items seen in training compete in the loss.
+        feat = dataset.inter_feat
+        seen = torch.zeros(self.n_items, dtype=torch.bool)
+        seen[feat[self.ITEM_ID]] = True
+        seen[feat[self.ITEM_SEQ]] = True
+        seen[0] = False
+        column = torch.full((self.n_items,), -1, dtype=torch.long)
+        column[seen] = torch.arange(int(seen.sum()))
+        self.register_buffer("train_items", seen.nonzero().squeeze(1), persistent=False)
+        self.register_buffer("train_item_column", column, persistent=False)
         self.active_tasks = [k for k, w in enumerate(self.task_weights) if w > 0]
         self.loss_names = [TASKS[k] for k in self.active_tasks]
         self.weighting = TaskWeighting([self.task_weights[k] for k in self.active_tasks], self.task_weighting)
@@ -317,11 +329,11 @@ class LLMMTL(SequentialRecommender):
 
     def _behavior_loss(self, query, items, labels):
         if self.behavior_loss == "ce":
-            # row 0 (padding) is never a target: softmax over the real items 1..n only
-            logits = self.scorer.logits(query, items[1:])
-            return F.cross_entropy(logits, labels - 1, label_smoothing=self.label_smoothing)
+            logits = self.scorer.logits(query, items[self.train_items])
+            return F.cross_entropy(logits, self.train_item_column[labels], label_smoothing=self.label_smoothing)
         pos = self.scorer.pair_logits(query, items[labels])
-        neg_ids = torch.randint(1, self.n_items, (labels.size(0), self.neg_samples), device=labels.device)
+        pick = torch.randint(0, self.train_items.numel(), (labels.size(0), self.neg_samples), device=labels.device)
+        neg_ids = self.train_items[pick]
         neg = self.scorer.pair_logits(query.unsqueeze(1), items[neg_ids])
         return (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
                 + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))

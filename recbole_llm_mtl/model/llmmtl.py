@@ -13,10 +13,11 @@ give
   the items seen so far (never anything after the position being predicted).
 
 A similarity-reasoning module f_r(H_u, H_v, H_a) followed by a sigmoid scores user-item
-pairs. Training sums three weighted losses: behaviour (next item; softmax CE over all
-items or BCE with sampled negatives), user profile (multi-label BCE on the interest tags
-the user reaches by the next item, plus profile attributes when the dataset has them) and
-item semantics (multi-label BCE on each item's own category/brand tags from H_v).
+pairs. Training sums three weighted losses: behaviour (next item; softmax CE over the
+items seen in training, or BCE with sampled negatives), user profile (multi-label BCE on
+the interest tags the user reaches by the next item, plus profile attributes when the
+dataset has them) and item semantics (multi-label BCE on each item's own category/brand
+tags from H_v).
 
 Every position of a training sequence is a next-item example (causal attention), so the
 train split holds each user's sequence once instead of once per prefix

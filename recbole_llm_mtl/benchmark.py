@@ -42,6 +42,7 @@ RUNS = {
     "cold-start: LLMMTL inductive": ("LLMMTL", {"cold_item_ratio": 0.1, "item_id_embedding": False}, SEEDS[:1]),
     "cold-start: SASRec": ("SASRec", {"cold_item_ratio": 0.1}, SEEDS[:1]),
 }
+BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "BPR", "LightGCN")
 PUBLISHED = {  # not re-run: RUCAIBox/VQ-Rec README, same data and protocol
     "VQ-Rec (published, not re-run)": {"recall@10": 0.1211, "ndcg@10": 0.0643, "recall@50": 0.2369, "ndcg@50": 0.0897},
 }
@@ -140,7 +141,8 @@ def summarize(args, runs_dir):
     with open(base + ".json", "w") as f:
         json.dump({"rows": rows, "published": PUBLISHED, "commit": _git_commit(), "command": command}, f, indent=1)
     with open(base + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
+        fields = list(dict.fromkeys(k for r in rows for k in r)) or ["model"]  # cold rows add columns
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     _markdown(base + ".md", rows, args, command)
@@ -167,12 +169,19 @@ def _markdown(path, rows, args, command):
              "|---|---|" + "---|" * (len(cols) + 5)]
     for r in (r for r in rows if "test_cold_recall@10" not in r):
         lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(_fmt(r, c) for c in cols)
-                     + f" | {r['best_epoch'] if r['best_epoch'] is not None else '-'}"
+                     + f" | {'-' if r['best_epoch'] is None else format(r['best_epoch'], '.3g')}"
                      + f" | {r['seconds_per_epoch']:.1f} | {r['fit_seconds']:.0f} | {r['eval_seconds']:.1f}"
                      + f" | {r['peak_rss_mb']:.0f} |")
     for name, vals in PUBLISHED.items():
         lines.append(f"| {name} | - | " + " | ".join(f"{vals[c]:.4f}" if c in vals else "-" for c in cols)
                      + " | - | - | - | - | - |")
+    by_name = {r["model"]: r for r in rows}
+    baselines = [by_name[b] for b in BASELINES if b in by_name]
+    if "LLMMTL" in by_name and baselines:
+        best = max(baselines, key=lambda r: r["ndcg@10"])
+        lines += ["", f"LLMMTL's mean test NDCG@10 is {by_name['LLMMTL']['ndcg@10'] / best['ndcg@10']:.3f}x the best "
+                  f"baseline's ({best['model']}, {best['ndcg@10']:.4f}); baselines run so far: "
+                  f"{', '.join(r['model'] for r in baselines)}."]
     cold = [r for r in rows if "test_cold_recall@10" in r]
     if cold:
         lines += ["", "## Cold start", "",

@@ -45,8 +45,8 @@ class Recommender:
         config = build_config("LLMMTL", dataset, config_dict=saved)
         init_seed(config["seed"], config["reproducibility"])
         self.data = load_dataset(config, get_model_class("LLMMTL"))
-        _, _, test = data_preparation(config, self.data)
-        self.model = get_model_class("LLMMTL")(config, test._dataset)
+        train, _, test = data_preparation(config, self.data)
+        self.model = get_model_class("LLMMTL")(config, train._dataset)  # as run() built it
         self.model.load_state_dict(state["state_dict"])
         self.model.eval()
         self.config = config
@@ -132,12 +132,10 @@ class Recommender:
         m = self.model
         if not m.use_text:
             raise ConfigError("this checkpoint was trained without text (use_text: False); it cannot rank new items")
-        from recbole_llm_mtl.text.encoder import SharedLanguageModel, resolve_dtype
+        from recbole_llm_mtl.text.encoder import SharedLanguageModel
 
-        dtype = resolve_dtype(self.config["llm_dtype"], trainable=self.config["llm_mode"] != "frozen")
-        lm = SharedLanguageModel(self.config["llm_path"], self.config["llm_pooling"], self.config["llm_max_length"],
-                                 dtype)
-        vec = (lm.encode([text], show_progress=False) - m.text_mean) / m.text_std
+        lm = SharedLanguageModel.from_config(self.config, trainable=self.config["llm_mode"] != "frozen")
+        vec = (lm.encode([text], show_progress=False).to(m.text_mean.device) - m.text_mean) / m.text_std
         item = m.scorer.items(m.item_norm(m.adaptor(vec)))  # text path only: no ID embedding exists
         rows = torch.arange(len(self.seq))
         _, _, q = self._queries(rows)

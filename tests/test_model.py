@@ -53,6 +53,23 @@ def test_ablation_switches_change_losses(tiny_root, cache_dir, overrides, names)
         assert model.weighting.log_vars.requires_grad
 
 
+def test_label_smoothing_mixes_in_a_uniform_target(tiny_root, cache_dir):
+    """label_smoothing e: (1 - e) * CE + e * CE against a uniform target, so the loss is
+    linear in e and differs from the plain CE."""
+    config, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, label_smoothing=0.1)
+    assert model.label_smoothing == config["label_smoothing"] == 0.1
+    batch = next(iter(train))
+    model.eval()  # no dropout: the passes below differ only by the smoothing
+    with torch.no_grad():
+        smoothed = model.calculate_loss(batch)[0]
+        model.label_smoothing = 0.0
+        plain = model.calculate_loss(batch)[0]
+        model.label_smoothing = 0.2
+        twice = model.calculate_loss(batch)[0]
+    assert abs(smoothed - plain) > 1e-3
+    assert torch.isclose(twice - smoothed, smoothed - plain, rtol=1e-3)
+
+
 def test_full_sort_equals_predict(built):
     _, _, valid, _, model = built
     model.eval()

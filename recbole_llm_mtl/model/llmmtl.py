@@ -46,7 +46,7 @@ from recbole_llm_mtl.model.layers import (
     causal_mean,
 )
 from recbole_llm_mtl.text.cache import VectorCache, cached_encode
-from recbole_llm_mtl.text.encoder import SharedLanguageModel, resolve_dtype
+from recbole_llm_mtl.text.encoder import SharedLanguageModel
 from recbole_llm_mtl.text.templates import multi_hot, render_texts, template_from_config
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class LLMMTL(SequentialRecommender):
         self.llm = None
         user_template = template_from_config(config["user_text_fields"] or [], config["user_text_template"])
         need_llm = self.use_text or bool(user_template)
-        lm = self._load_llm(config) if need_llm else None
+        lm = SharedLanguageModel.from_config(config, self.llm_mode != "frozen") if need_llm else None
         text_dim = lm.hidden_size if lm is not None else 0
         if self.use_text:
             if not config["item_text_fields"]:
@@ -181,11 +181,6 @@ class LLMMTL(SequentialRecommender):
         self.apply(self._init_weights)
 
     # ------------------------------------------------------------------ set-up helpers
-    def _load_llm(self, config):
-        dtype = resolve_dtype(config["llm_dtype"], config["device"], trainable=self.llm_mode != "frozen")
-        lm = SharedLanguageModel(config["llm_path"], config["llm_pooling"], config["llm_max_length"], dtype)
-        return lm.to(config["device"])
-
     def _encode(self, config, lm, texts, what):
         cache = VectorCache(config["text_cache_dir"]) if config["text_cache_dir"] else None
         encode = lambda t: lm.encode(t, config["llm_batch_tokens"], config["show_progress"],

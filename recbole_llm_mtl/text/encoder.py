@@ -167,6 +167,14 @@ class SharedLanguageModel(nn.Module):
         self.model = None
         self._device = torch.device("cpu")
 
+    @classmethod
+    def from_config(cls, config, trainable=False):
+        """The language model a RecBole config names (``llm_*`` keys), on ``config["device"]``,
+        in the dtype ``llm_dtype`` resolves to there."""
+        device = config["device"] or "cpu"
+        dtype = resolve_dtype(config["llm_dtype"], device, trainable)
+        return cls(config["llm_path"], config["llm_pooling"], config["llm_max_length"], dtype).to(device)
+
     def _apply(self, fn, *args, **kwargs):
         # remember .to(device) for weights that are loaded later
         self._device = fn(torch.empty(0, device=self._device)).device

@@ -206,17 +206,21 @@ def _plot(path, rows):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in (r for r in rows if "test_cold_recall@10" not in r):
-        ax.scatter(r["fit_seconds"], r["ndcg@10"], s=40)
-        ax.annotate(r["model"], (r["fit_seconds"], r["ndcg@10"]), fontsize=7, xytext=(4, 2),
-                    textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    points = [r for r in rows if "test_cold_recall@10" not in r]
+    colors = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+    for k, r in enumerate(points):
+        # ablations sit close to the full model: a legend instead of labels keeps them readable
+        ablation = r["model"].startswith("LLMMTL ")
+        ax.scatter(r["fit_seconds"], r["ndcg@10"], s=28 if ablation else 48, marker="x" if ablation else "o",
+                   color=colors[k % len(colors)], label=r["model"])
     for name, vals in PUBLISHED.items():
         ax.axhline(vals["ndcg@10"], ls="--", lw=0.8, color="gray")
-        ax.text(ax.get_xlim()[0], vals["ndcg@10"], " " + name, fontsize=7, va="bottom", color="gray")
+        ax.text(ax.get_xlim()[1], vals["ndcg@10"], name + " ", fontsize=7, va="bottom", ha="right", color="gray")
     ax.set_xlabel("training time to early stop (s, this machine)")
     ax.set_ylabel("test NDCG@10")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

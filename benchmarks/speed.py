@@ -76,15 +76,16 @@ def plain_hf_loop(model, tok, texts, max_length, batch_size=64):
 def encoding_bench(config, dataset):
     from transformers import AutoModel
 
-    from recbole_llm_mtl.text.encoder import DTYPES, SharedLanguageModel
+    from recbole_llm_mtl.text.encoder import DTYPES, SharedLanguageModel, resolve_dtype
     from recbole_llm_mtl.text.templates import render_texts, template_from_config
 
     texts, _ = render_texts(dataset, dataset.item_feat,
                             template_from_config(config["item_text_fields"], config["item_text_template"]),
                             config["text_separator"], "item")
     texts = texts[1:]
-    lm = SharedLanguageModel.from_config(config)  # what the main command uses on this machine
-    dtype = lm.dtype_name
+    # on the CPU, like the plain loops below, in the dtype the main command uses there
+    dtype = resolve_dtype(config["llm_dtype"])
+    lm = SharedLanguageModel(config["llm_path"], config["llm_pooling"], config["llm_max_length"], dtype)
     lm.encode(texts[:256], show_progress=False)  # warm-up
     lengths = [len(x) for x in lm.tokenize(texts)]
     t = time.perf_counter()

@@ -4,12 +4,15 @@
 
 Each run is a separate process (so its peak memory is its own) that goes through the same
 ``run()`` as the CLI. Finished runs are kept as JSON under ``<out>/runs/<dataset>/`` and
-are not redone (delete a file to redo it). Writes ``<out>/<dataset>.md``, ``.csv``,
-``.json`` and ``<dataset>.png`` (test NDCG@10 against training time).
+are not redone (delete a file to redo it); a killed run resumes from the resume state in its
+checkpoint folder (``--checkpoints``; delete the folder to start it afresh). Writes
+``<out>/<dataset>.md``, ``.csv``, ``.json`` and ``<dataset>.png`` (test NDCG@10 against
+training time).
 """
 
 import argparse
 import csv
+import glob
 import json
 import os
 import platform
@@ -59,7 +62,9 @@ def worker(spec_path):
         spec = json.load(f)
     from recbole_llm_mtl.quick_start import run
 
-    result = run(spec["model"], spec["dataset"], config_dict=spec["overrides"])
+    resume = _resume_file(spec["checkpoint_dir"])
+    result = run(spec["model"], spec["dataset"], resume=resume,
+                 config_dict={**spec["overrides"], "checkpoint_dir": spec["checkpoint_dir"]})
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds_per_epoch"] = result["fit_seconds"] / max(result["epochs"], 1)
     result["commit"] = _git_commit()
@@ -67,6 +72,12 @@ def worker(spec_path):
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1, default=str)
     os.replace(tmp, spec["result"])
+
+
+def _resume_file(checkpoint_dir):
+    """The newest every-epoch resume state a killed run of this row left, if any."""
+    found = glob.glob(os.path.join(checkpoint_dir, "*-last.pth"))
+    return max(found, key=os.path.getmtime) if found else None
 
 
 def run_all(args):
@@ -79,15 +90,19 @@ def run_all(args):
         if os.path.exists(result):
             print(f"[{k}/{len(todo)}] {name} seed {seed}: done earlier, kept", flush=True)
             continue
-        spec = {"model": model, "dataset": args.dataset, "result": result,
+        # each row checkpoints into its own folder, so a killed row resumes where it stopped
+        ckpt_dir = os.path.join(args.checkpoints, os.path.basename(runs_dir), _slug(name, seed))
+        spec = {"model": model, "dataset": args.dataset, "result": result, "checkpoint_dir": ckpt_dir,
                 "overrides": {**overrides, "seed": seed, "show_progress": False, **args.extra}}
         spec_path = result[:-5] + ".spec.json"
         with open(spec_path, "w") as f:
             json.dump(spec, f)
-        print(f"[{k}/{len(todo)}] {name} seed {seed}: training ...", flush=True)
+        resume = _resume_file(ckpt_dir)
+        print(f"[{k}/{len(todo)}] {name} seed {seed}: "
+              + (f"resuming from {resume} ..." if resume else "training ..."), flush=True)
         t0 = time.time()
         log_path = result[:-5] + ".log"
-        with open(log_path, "w") as log:
+        with open(log_path, "a" if resume else "w") as log:
             proc = subprocess.run([sys.executable, "-m", "recbole_llm_mtl.benchmark", "--worker", spec_path],
                                   stdout=log, stderr=subprocess.STDOUT)
         os.unlink(spec_path)
@@ -230,6 +245,8 @@ def main(argv=None):
     parser.add_argument("--dataset", default="amazon")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--models", nargs="*", help=f"subset of: {', '.join(RUNS)}")
+    parser.add_argument("--checkpoints", default=os.path.join("saved", "benchmark"),
+                        help="checkpoint folder (one sub-folder per run; a killed run resumes from it)")
     parser.add_argument("--max_seeds", type=int, default=3, help="at most this many seeds per model")
     parser.add_argument("--tiny", action="store_true", help="1 epoch each (a smoke test of the harness)")
     parser.add_argument("--data_path", default=None, help="data_path override (e.g. a small slice)")

@@ -75,12 +75,12 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
     if resume:
         trainer.resume_checkpoint(resume)
 
-    history = []  # (epoch, valid score, seconds since start): for time-to-quality reports
-    fit_start = time.time()
+    earlier = trainer.seconds_before  # seconds of the parts before a resume
+    trainer.seconds_before += time.time() - started  # this part's set-up (data, text encoding)
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"],
-        callback_fn=lambda epoch, score: history.append((epoch, float(score), time.time() - started)))
-    fit_seconds = time.time() - fit_start
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"])
+    # (epoch, valid score, seconds since start) over all parts: for time-to-quality reports
+    history = trainer.history
     eval_start = time.time()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     eval_seconds = time.time() - eval_start
@@ -102,10 +102,10 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
         "best_valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result),
         "best_epoch": best_epoch,
-        "epochs": len(trainer.train_loss_dict),
-        "fit_seconds": fit_seconds,
+        "epochs": trainer.epochs_trained,
+        "fit_seconds": trainer.fit_seconds,
         "eval_seconds": eval_seconds,
-        "total_seconds": time.time() - started,
+        "total_seconds": earlier + time.time() - started,
         "history": history,
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
         "resumed_at_epoch": trainer.start_epoch if resume else None,

@@ -8,6 +8,7 @@ with ``weights_only=True``: no pickle code runs, whoever wrote the file.
 import os
 import random
 import tempfile
+import time
 from enum import Enum
 
 import numpy as np
@@ -50,6 +51,15 @@ def load_checkpoint(path, map_location="cpu"):
     return state
 
 
+def _loadable_other_parameter(model):
+    """RecBole's ``other_parameter()`` minus what ``weights_only`` loading refuses.
+
+    Submodules (FDSA's ``feature_embed_layer``) already have their weights in the state dict;
+    non-tensor state (EASE's scipy matrices) is rebuilt from the dataset in ``__init__``.
+    """
+    return {k: v for k, v in model.other_parameter().items() if torch.is_tensor(v) or _plain(v)}
+
+
 def _atomic_save(state, path):
     """torch.save through a temp file + rename: a reader never sees a half-written file."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -81,6 +91,11 @@ class CheckpointMixin:
         if cpu_ddp:
             config["single_spec"] = True
         super().__init__(config, model)
+        # progress over all parts of a run (a resumed run continues these)
+        self.history = []        # (epoch, valid score, seconds since the run started)
+        self.fit_seconds = 0.0   # seconds spent in fit()
+        self.seconds_before = 0.0  # run seconds before this part's fit(): set-up, earlier parts
+        self._finished = False   # resumed from a run whose training had already stopped
         if cpu_ddp:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -104,7 +119,7 @@ class CheckpointMixin:
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),
             "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
+            "other_parameter": _loadable_other_parameter(self.model),
             "optimizer": self.optimizer.state_dict(),
         }
 
@@ -130,6 +145,8 @@ class CheckpointMixin:
         state.update({
             "best_file": self.saved_model_file,
             "best_valid_result": {k: float(v) for k, v in (self.best_valid_result or {}).items()},
+            "history": [list(h) for h in self.history],
+            "fit_seconds": self.fit_seconds,
             "rng": {"torch": torch.get_rng_state(), "loader": self._train_data.generator.get_state(),
                     "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
                     "python": _to_lists(random.getstate())},
@@ -144,16 +161,32 @@ class CheckpointMixin:
             train_data.generator.set_state(rng["loader"])
             np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
             random.setstate(_to_tuples(rng["python"]))
+        if self._finished:
+            # RecBole would train again (or overwrite the best checkpoint with the last weights)
+            self.logger.info(f"training had stopped at epoch {self.start_epoch - 1}; "
+                             "nothing left to train, its best model is tested")
+            return self.best_valid_score, self.best_valid_result
         if saved:
             self.logger.info(f"resume state is saved after every epoch to {self.resume_file}")
+        fit_start, fit_before = time.time(), self.fit_seconds
 
         def after_epoch(epoch_idx, valid_score):
+            now = time.time() - fit_start
+            self.history.append((epoch_idx, float(valid_score), self.seconds_before + now))
+            self.fit_seconds = fit_before + now
             if saved:
                 self._save_resume_state(epoch_idx)
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)
 
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, after_epoch)
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, after_epoch)
+        self.fit_seconds = fit_before + time.time() - fit_start
+        return result
+
+    @property
+    def epochs_trained(self):
+        """Epochs over all parts of the run."""
+        return max(self.train_loss_dict, default=self.start_epoch - 1) + 1
 
     def _load_weights(self, path):
         state = load_checkpoint(path, self.device)
@@ -174,6 +207,11 @@ class CheckpointMixin:
             self.saved_model_file = state["best_file"]
             self.best_valid_result = state["best_valid_result"]
             self._resume_rng = state["rng"]
+            self.history = [tuple(h) for h in state.get("history", [])]
+            self.fit_seconds = state.get("fit_seconds", 0.0)
+            self.seconds_before = self.history[-1][2] if self.history else 0.0
+            # the epoch that wrote it also ended training: early stop, or the last epoch
+            self._finished = self.cur_step > self.stopping_step or self.start_epoch >= self.epochs
         else:  # a best-model checkpoint: continue from it (RecBole's behaviour)
             self.saved_model_file = str(resume_file)
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")

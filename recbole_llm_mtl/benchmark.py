@@ -165,6 +165,17 @@ def summarize(args, runs_dir):
     print(f"wrote {base}.md/.csv/.json/.png")
 
 
+def _is_cold(row):
+    """A cold-start protocol row (reported in its own table)."""
+    return "test_cold_recall@10" in row
+
+
+def _is_ablation(name):
+    """LLMMTL with overrides: a variant of the full model, not a model of its own."""
+    model, overrides, _ = RUNS[name]
+    return model == "LLMMTL" and bool(overrides)
+
+
 def _fmt(row, m):
     v = row.get(m)
     if v is None:
@@ -182,7 +193,7 @@ def _markdown(path, rows, args, command):
              "| model | seeds | " + " | ".join(c.replace("@", "@") for c in cols)
              + " | best epoch | s/epoch | train s | eval s | peak RSS MB |",
              "|---|---|" + "---|" * (len(cols) + 5)]
-    for r in (r for r in rows if "test_cold_recall@10" not in r):
+    for r in (r for r in rows if not _is_cold(r)):
         lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(_fmt(r, c) for c in cols)
                      + f" | {'-' if r['best_epoch'] is None else format(r['best_epoch'], '.3g')}"
                      + f" | {r['seconds_per_epoch']:.1f} | {r['fit_seconds']:.0f} | {r['eval_seconds']:.1f}"
@@ -197,7 +208,7 @@ def _markdown(path, rows, args, command):
         lines += ["", f"LLMMTL's mean test NDCG@10 is {by_name['LLMMTL']['ndcg@10'] / best['ndcg@10']:.3f}x the best "
                   f"baseline's ({best['model']}, {best['ndcg@10']:.4f}); baselines run so far: "
                   f"{', '.join(r['model'] for r in baselines)}."]
-    cold = [r for r in rows if "test_cold_recall@10" in r]
+    cold = [r for r in rows if _is_cold(r)]
     if cold:
         lines += ["", "## Cold start", "",
                   "10% of items (seeded) lose every train interaction; test rows are split by whether the "
@@ -222,11 +233,11 @@ def _plot(path, rows):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    points = [r for r in rows if "test_cold_recall@10" not in r]
+    points = [r for r in rows if not _is_cold(r)]
     colors = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
     for k, r in enumerate(points):
         # ablations sit close to the full model: a legend instead of labels keeps them readable
-        ablation = r["model"].startswith("LLMMTL ")
+        ablation = _is_ablation(r["model"])
         ax.scatter(r["fit_seconds"], r["ndcg@10"], s=28 if ablation else 48, marker="x" if ablation else "o",
                    color=colors[k % len(colors)], label=r["model"])
     for name, vals in PUBLISHED.items():

@@ -9,6 +9,7 @@ import os
 import random
 import tempfile
 import time
+import uuid
 from enum import Enum
 
 import numpy as np
@@ -91,6 +92,9 @@ class CheckpointMixin:
         if cpu_ddp:
             config["single_spec"] = True
         super().__init__(config, model)
+        # RecBole names the file after the second it started: two runs started together in
+        # one folder (a parallel sweep) would share, and overwrite, one checkpoint
+        self.saved_model_file = f"{self.saved_model_file[: -len('.pth')]}-{uuid.uuid4().hex[:6]}.pth"
         # progress over all parts of a run (a resumed run continues these)
         self.history = []        # (epoch, valid score, seconds since the run started)
         self.fit_seconds = 0.0   # seconds spent in fit()

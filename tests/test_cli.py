@@ -67,6 +67,16 @@ def test_checkpoint_round_trip_gives_identical_scores(tiny_root, cache_dir, work
     assert torch.equal(a, b)
 
 
+def test_runs_started_together_get_their_own_checkpoint(tiny_root, cache_dir, workdir):
+    # RecBole names checkpoints after the second a run starts; a parallel sweep in one folder
+    # would have its runs overwrite (and test) each other's best model
+    from recbole_llm_mtl.trainer import make_trainer
+
+    config, _, _, _, model = build("SASRec", tiny_root, cache_dir)
+    files = {make_trainer(config, model).saved_model_file for _ in range(3)}
+    assert len(files) == 3 and all(os.path.basename(f).startswith("SASRec-") for f in files)
+
+
 def test_unknown_model_lists_available():
     with pytest.raises(ConfigError) as e:
         get_model_class("SASrec")

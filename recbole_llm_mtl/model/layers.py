@@ -30,29 +30,6 @@ class MoEAdaptor(nn.Module):
         return (gates * (experts - shift)).sum(-2)
 
 
-class TagEmbedding(nn.Module):
-    """Learned embeddings of each item's tags (categories, brand), averaged per item.
-
-    The text vector holds the same words, but frozen and mixed into one sentence; a learned
-    vector per tag gives the model the feature-level signal FDSA (Zhang et al., IJCAI 2019)
-    uses, and it reaches new items too (their tags are known).
-    """
-
-    def __init__(self, item_tags, hidden):
-        super().__init__()
-        rows, cols = item_tags.nonzero(as_tuple=True)
-        # an item's tags as one bag: flat tag ids plus each item's offset into them
-        offsets = torch.searchsorted(rows, torch.arange(item_tags.size(0)))
-        self.register_buffer("tag_ids", cols, persistent=False)
-        self.register_buffer("offsets", offsets, persistent=False)
-        self.bag = nn.EmbeddingBag(item_tags.size(1), hidden, mode="mean")
-        nn.init.normal_(self.bag.weight, std=0.02)
-
-    def forward(self):
-        """(n_items, hidden); items without tags get zeros."""
-        return self.bag(self.tag_ids, self.offsets)
-
-
 class CausalTransformer(nn.Module):
     """Behaviour extractor: a causal Transformer over the history item representations.
 

@@ -41,7 +41,6 @@ from recbole_llm_mtl.model.layers import (
     CausalTransformer,
     MoEAdaptor,
     SimilarityScorer,
-    TagEmbedding,
     TaskWeighting,
     UserProfileExtractor,
     causal_mean,
@@ -77,9 +76,6 @@ class LLMMTL(SequentialRecommender):
         self.n_experts = config["n_experts"]
         self.use_text = config["use_text"]
         self.item_id_embedding = config["item_id_embedding"]
-        self.use_tag_embedding = config["tag_embedding"]
-        self.id_dropout_prob = config["id_dropout_prob"]
-        self.use_item_bias = config["item_bias"]
         self.scorer_mode = _choice(config, "scorer", ("mlp", "dot"))
         self.behavior_loss = _choice(config, "behavior_loss", ("ce", "bce"))
         self.neg_samples = config["neg_samples"]
@@ -108,25 +104,18 @@ class LLMMTL(SequentialRecommender):
                 raise ConfigError("item_text_fields is not set: list the item fields to read as text "
                                   "in the dataset YAML (or set use_text: False)")
             item_template = template_from_config(config["item_text_fields"], config["item_text_template"])
-            views = [item_template] if config["item_text_views"] == "joint" else [{f: t} for f, t in item_template.items()]
-            blocks, means, stds = [], [], []
-            for template in views:
-                texts, n_empty = render_texts(dataset, dataset.item_feat, template,
-                                              config["text_separator"], "item")
-                if n_empty:
-                    logger.info(f"{n_empty} of {len(texts) - 1} items have no text; they use a zero text vector")
-                vectors = self._encode(config, lm, texts, "item")
-                empty = torch.tensor([not t for t in texts])
-                mean, std = vectors[~empty].mean(0), vectors[~empty].std(0).clamp(min=1e-6)
-                blocks.append(((vectors - mean) / std).masked_fill(empty.unsqueeze(1), 0.0))
-                means.append(mean)
-                stds.append(std)
-            vectors, mean, std = torch.cat(blocks, 1), torch.cat(means), torch.cat(stds)
-            item_dim = vectors.size(1)
+            texts, n_empty = render_texts(dataset, dataset.item_feat, item_template,
+                                          config["text_separator"], "item")
+            if n_empty:
+                logger.info(f"{n_empty} of {len(texts) - 1} items have no text; they use a zero text vector")
+            vectors = self._encode(config, lm, texts, "item")
+            empty = torch.tensor([not t for t in texts])
+            mean, std = vectors[~empty].mean(0), vectors[~empty].std(0).clamp(min=1e-6)
+            vectors = ((vectors - mean) / std).masked_fill(empty.unsqueeze(1), 0.0)
             self.register_buffer("item_text", vectors)
             self.register_buffer("text_mean", mean)
             self.register_buffer("text_std", std)
-            self.adaptor = MoEAdaptor(item_dim, self.hidden_size, self.n_experts, self.adaptor_dropout_prob)
+            self.adaptor = MoEAdaptor(text_dim, self.hidden_size, self.n_experts, self.adaptor_dropout_prob)
             if self.llm_mode != "frozen":
                 self._init_tuning(config, lm, texts, empty)
         if user_template:
@@ -144,9 +133,6 @@ class LLMMTL(SequentialRecommender):
         # ---- item id embedding ----
         if self.item_id_embedding:
             self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-        # cosine scores cannot say how popular an item is; a learned logit bias per item can
-        self.item_bias = nn.Parameter(torch.zeros(self.n_items)) \
-            if self.use_item_bias and self.item_id_embedding else None
         self.item_norm = nn.LayerNorm(self.hidden_size)
 
         # ---- extractors and scorer ----
@@ -161,8 +147,6 @@ class LLMMTL(SequentialRecommender):
         item_tags, self.item_tag_names = multi_hot(dataset, dataset.item_feat, config["tag_fields"] or [],
                                                    config["tag_min_count"], config["tag_max_share"])
         self.register_buffer("item_tags", item_tags)
-        self.tag_embedding = TagEmbedding(item_tags, self.hidden_size) \
-            if self.use_tag_embedding and item_tags.size(1) else None
         if config["user_tag_fields"]:
             user_tags, self.user_tag_names = multi_hot(dataset, dataset.user_feat, config["user_tag_fields"],
                                                        config["tag_min_count"], 1.0)
@@ -277,14 +261,7 @@ class LLMMTL(SequentialRecommender):
         if self.use_text:
             h = self.adaptor(self.text_table(fresh_ids))
         if self.item_id_embedding:
-            ids = self.item_embedding.weight
-            if self.training and self.id_dropout_prob > 0:
-                # drop whole items' ID vectors: their text must then carry them
-                keep = torch.ones(ids.size(0), 1, device=ids.device, dtype=ids.dtype)
-                ids = ids * F.dropout(keep, self.id_dropout_prob)
-            h = h + ids
-        if self.tag_embedding is not None:
-            h = h + self.tag_embedding()
+            h = h + self.item_embedding.weight
         return self.item_norm(h)
 
     def user_states(self, item_seq, user_ids, h_v):
@@ -348,30 +325,24 @@ class LLMMTL(SequentialRecommender):
 
     def _behavior_loss(self, query, items, labels):
         if self.behavior_loss == "ce":
-            logits = self._biased(self.scorer.logits(query, items[self.train_items]), self.train_items)
+            logits = self.scorer.logits(query, items[self.train_items])
             return F.cross_entropy(logits, self.train_item_column[labels], label_smoothing=self.label_smoothing)
-        pos = self._biased(self.scorer.pair_logits(query, items[labels]), labels)
+        pos = self.scorer.pair_logits(query, items[labels])
         pick = torch.randint(0, self.train_items.numel(), (labels.size(0), self.neg_samples), device=labels.device)
         neg_ids = self.train_items[pick]
-        neg = self._biased(self.scorer.pair_logits(query.unsqueeze(1), items[neg_ids]), neg_ids)
+        neg = self.scorer.pair_logits(query.unsqueeze(1), items[neg_ids])
         return (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
                 + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
 
     # ------------------------------------------------------------------ scoring
-    def _biased(self, logits, ids=None):
-        """Logits plus the items' popularity bias (``ids``: the items of the last axis; all if None)."""
-        if self.item_bias is None:
-            return logits
-        return logits + (self.item_bias if ids is None else self.item_bias[ids])
-
     def predict(self, interaction):
         query, h_v = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
                                   interaction[self.USER_ID])
-        ids = interaction[self.ITEM_ID]
-        return torch.sigmoid(self._biased(self.scorer.pair_logits(query, self.scorer.items(h_v[ids])), ids).double())
+        items = self.scorer.items(h_v[interaction[self.ITEM_ID]])
+        return torch.sigmoid(self.scorer.pair_logits(query, items).double())
 
     def full_sort_predict(self, interaction):
         query, h_v = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
                                   interaction[self.USER_ID])
         # float64: with a low temperature, float32 sigmoids of top items round to 1.0 and tie
-        return torch.sigmoid(self._biased(self.scorer.logits(query, self.scorer.items(h_v))).double())
+        return torch.sigmoid(self.scorer.logits(query, self.scorer.items(h_v)).double())

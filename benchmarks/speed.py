@@ -26,8 +26,8 @@ def train_run(model, dataset, overrides, workdir):
     """One training run in its own process (peak RSS is its own); returns the result dict."""
     spec = os.path.join(workdir, f"{model}-{len(os.listdir(workdir))}.json")
     result = spec + ".result.json"
-    with open(spec, "w") as f:
-        json.dump({"model": model, "dataset": dataset, "result": result,
+    with open(spec, "w") as f:  # a fresh checkpoint folder: every timed run starts from scratch
+        json.dump({"model": model, "dataset": dataset, "result": result, "checkpoint_dir": spec[:-5] + "-ckpt",
                    "overrides": {"show_progress": False, **overrides}}, f)
     subprocess.run([sys.executable, "-m", "recbole_llm_mtl.benchmark", "--worker", spec], check=True, cwd=ROOT)
     with open(result) as f:

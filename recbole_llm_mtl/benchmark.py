@@ -62,8 +62,7 @@ def worker(spec_path):
         spec = json.load(f)
     from recbole_llm_mtl.quick_start import run
 
-    resume = _resume_file(spec["checkpoint_dir"])
-    result = run(spec["model"], spec["dataset"], resume=resume,
+    result = run(spec["model"], spec["dataset"], resume=spec.get("resume"),
                  config_dict={**spec["overrides"], "checkpoint_dir": spec["checkpoint_dir"]})
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds_per_epoch"] = result["fit_seconds"] / max(result["epochs"], 1)
@@ -92,12 +91,12 @@ def run_all(args):
             continue
         # each row checkpoints into its own folder, so a killed row resumes where it stopped
         ckpt_dir = os.path.join(args.checkpoints, os.path.basename(runs_dir), _slug(name, seed))
+        resume = _resume_file(ckpt_dir)
         spec = {"model": model, "dataset": args.dataset, "result": result, "checkpoint_dir": ckpt_dir,
-                "overrides": {**overrides, "seed": seed, "show_progress": False, **args.extra}}
+                "resume": resume, "overrides": {**overrides, "seed": seed, "show_progress": False, **args.extra}}
         spec_path = result[:-5] + ".spec.json"
         with open(spec_path, "w") as f:
             json.dump(spec, f)
-        resume = _resume_file(ckpt_dir)
         print(f"[{k}/{len(todo)}] {name} seed {seed}: "
               + (f"resuming from {resume} ..." if resume else "training ..."), flush=True)
         t0 = time.time()

@@ -133,20 +133,12 @@ def serving_bench(test_llm, test_sas, model_llm, model_sas):
 
 
 def build_model(name, dataset, overrides):
-    from recbole.data import data_preparation
-    from recbole.utils import init_seed
-
-    from recbole_llm_mtl.config import build_config, get_model_class
-    from recbole_llm_mtl.quick_start import load_dataset
+    from recbole_llm_mtl.build import build
+    from recbole_llm_mtl.config import build_config
 
     config = build_config(name, dataset, config_dict={"show_progress": False, **overrides})
-    init_seed(config["seed"], True)
-    cls = get_model_class(name)
-    data = load_dataset(config, cls)
-    train, _, test = data_preparation(config, data)
-    t = time.perf_counter()
-    model = cls(config, train._dataset)  # as run() builds it: train-only facts come from train
-    return config, data, test, model, time.perf_counter() - t
+    built = build(config)  # as run() builds it: train-only facts come from train
+    return config, built.dataset, built.test, built.model, built.model.init_seconds
 
 
 def main(argv=None):

@@ -12,26 +12,13 @@ import time
 from logging import getLogger
 
 import torch
-from recbole.data import create_dataset, data_preparation
-from recbole.data.dataset import SequentialDataset
 from recbole.data.utils import get_dataloader
-from recbole.utils import ModelType, init_logger, init_seed, set_color
+from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_llm_mtl.config import build_config, get_model_class
-from recbole_llm_mtl.data.dataset import with_cold_items
-from recbole_llm_mtl.errors import ConfigError, LLMMTLError
+from recbole_llm_mtl.build import build
+from recbole_llm_mtl.config import build_config
+from recbole_llm_mtl.errors import LLMMTLError
 from recbole_llm_mtl.trainer import make_trainer
-
-
-def load_dataset(config, model_class):
-    """The model's own dataset class if it declares one, else RecBole's choice; with
-    ``cold_item_ratio`` > 0 (sequential models), the cold-start protocol on top."""
-    dataset_class = getattr(model_class, "dataset_class", None)
-    if config["cold_item_ratio"]:
-        if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
-            raise ConfigError("cold_item_ratio is implemented for sequential models only")
-        return with_cold_items(dataset_class or SequentialDataset)(config)
-    return dataset_class(config) if dataset_class else create_dataset(config)
 
 
 def evaluate_cold_and_warm(trainer, config, test_data, show_progress):
@@ -63,14 +50,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
     logger = getLogger()
     logger.info(config)
 
-    model_class = get_model_class(model)
-    data = load_dataset(config, model_class)
-    logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
-
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    net = model_class(config, train_data._dataset).to(config["device"])
-    logger.info(net)
+    _, _, train_data, valid_data, test_data, net = build(config, log=logger)
     trainer = make_trainer(config, net)
     if resume:
         trainer.resume_checkpoint(resume)

@@ -28,11 +28,8 @@ class Recommender:
     """A loaded checkpoint plus each user's full history, ready to score."""
 
     def __init__(self, checkpoint):
-        from recbole.data import data_preparation
-        from recbole.utils import init_seed
-
-        from recbole_llm_mtl.config import build_config, get_model_class
-        from recbole_llm_mtl.quick_start import load_dataset
+        from recbole_llm_mtl.build import build
+        from recbole_llm_mtl.config import build_config
         from recbole_llm_mtl.trainer import load_checkpoint
 
         state = load_checkpoint(checkpoint)
@@ -43,10 +40,8 @@ class Recommender:
         dataset = saved.pop("dataset")
         saved.update({"show_progress": False, "state": "WARNING"})
         config = build_config("LLMMTL", dataset, config_dict=saved)
-        init_seed(config["seed"], config["reproducibility"])
-        self.data = load_dataset(config, get_model_class("LLMMTL"))
-        train, _, test = data_preparation(config, self.data)
-        self.model = get_model_class("LLMMTL")(config, train._dataset)  # as run() built it
+        built = build(config)  # as run() built it: from the train split
+        self.data, self.model, test = built.dataset, built.model, built.test
         self.model.load_state_dict(state["state_dict"])
         self.model.eval()
         self.config = config

@@ -60,17 +60,8 @@ def tiny_overrides(tiny_root, cache_dir, **extra):
 
 
 def build(model, tiny_root, cache_dir, **extra):
-    """(config, train, valid, test dataloaders, model) on the tiny slice."""
-    from recbole.data import data_preparation
-    from recbole.utils import init_seed
+    """(config, train, valid, test dataloaders, model) on the tiny slice, built as run() builds."""
+    from recbole_llm_mtl.build import build_from_args
 
-    from recbole_llm_mtl.config import build_config, get_model_class
-    from recbole_llm_mtl.quick_start import load_dataset
-
-    config = build_config(model, "amazon", config_dict=tiny_overrides(tiny_root, cache_dir, **extra))
-    init_seed(config["seed"], config["reproducibility"])
-    cls = get_model_class(model)
-    data = load_dataset(config, cls)
-    train, valid, test = data_preparation(config, data)
-    init_seed(config["seed"], config["reproducibility"])
-    return config, train, valid, test, cls(config, train._dataset)
+    b = build_from_args(model, "amazon", config_dict=tiny_overrides(tiny_root, cache_dir, **extra))
+    return b.config, b.train, b.valid, b.test, b.model

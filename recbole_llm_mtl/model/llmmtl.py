@@ -66,6 +66,7 @@ class LLMMTL(SequentialRecommender):
     dataset_class = AllPositionDataset  # one row per user sequence window, see module doc
 
     def __init__(self, config, dataset):
+        started = time.perf_counter()
         super().__init__(config, dataset)
         self.hidden_size = config["hidden_size"]
         self.n_layers = config["n_layers"]
@@ -179,6 +180,7 @@ class LLMMTL(SequentialRecommender):
         self._scoring_items = None  # H_v of all items, cached while not training
         self._step = 0  # training steps, for error messages
         self.apply(self._init_weights)
+        self.init_seconds = time.perf_counter() - started
 
     # ------------------------------------------------------------------ set-up helpers
     def _encode(self, config, lm, texts, what):

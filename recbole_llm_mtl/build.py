@@ -1,0 +1,52 @@
+"""config -> dataset -> loaders -> model: the one build path.
+
+``run()`` (training), ``recommend`` (serving), ``benchmarks/speed.py`` and the tests all
+build through :func:`build`, so a model is always constructed from the train split exactly
+as training built it: construction-time facts (the training-item softmax, task targets,
+text statistics) never see valid or test interactions.
+"""
+
+from collections import namedtuple
+
+from recbole.data import create_dataset, data_preparation
+from recbole.data.dataset import SequentialDataset
+from recbole.utils import ModelType, init_seed
+
+from recbole_llm_mtl.config import build_config, get_model_class
+from recbole_llm_mtl.data.dataset import with_cold_items
+from recbole_llm_mtl.errors import ConfigError
+
+Built = namedtuple("Built", "config dataset train valid test model")
+
+
+def load_dataset(config, model_class):
+    """The model's own dataset class if it declares one, else RecBole's choice; with
+    ``cold_item_ratio`` > 0 (sequential models), the cold-start protocol on top."""
+    dataset_class = getattr(model_class, "dataset_class", None)
+    if config["cold_item_ratio"]:
+        if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+            raise ConfigError("cold_item_ratio is implemented for sequential models only")
+        return with_cold_items(dataset_class or SequentialDataset)(config)
+    return dataset_class(config) if dataset_class else create_dataset(config)
+
+
+def build(config, log=None):
+    """Dataset, train/valid/test loaders and the model (on ``config["device"]``) for a ready
+    ``config``. ``log`` (a logger), if given, records the dataset and the model."""
+    model_class = get_model_class(config["model"])
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = load_dataset(config, model_class)
+    if log:
+        log.info(dataset)
+    train, valid, test = data_preparation(config, dataset)
+    # each rank of a multi-process run draws its own dropout masks
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = model_class(config, train._dataset).to(config["device"])  # train split only
+    if log:
+        log.info(model)
+    return Built(config, dataset, train, valid, test, model)
+
+
+def build_from_args(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=None):
+    """:func:`build` from the arguments of :func:`recbole_llm_mtl.config.build_config`."""
+    return build(build_config(model, dataset, config_file_list, config_dict, cmd_overrides))

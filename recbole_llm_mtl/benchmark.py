@@ -73,13 +73,9 @@ def worker(spec_path):
     os.replace(tmp, spec["result"])
 
 
-def _resume_file(checkpoint_dir):
-    """The newest every-epoch resume state a killed run of this row left, if any."""
-    found = glob.glob(os.path.join(checkpoint_dir, "*-last.pth"))
-    return max(found, key=os.path.getmtime) if found else None
-
-
 def run_all(args):
+    from recbole_llm_mtl.trainer import latest_resume_file
+
     runs_dir = os.path.join(args.out, "runs", args.dataset + ("-tiny" if args.tiny else ""))
     os.makedirs(runs_dir, exist_ok=True)
     todo = [(n, s) for n in (args.models or list(RUNS)) for s in RUNS[n][2][: args.max_seeds]]
@@ -91,7 +87,7 @@ def run_all(args):
             continue
         # each row checkpoints into its own folder, so a killed row resumes where it stopped
         ckpt_dir = os.path.join(args.checkpoints, os.path.basename(runs_dir), _slug(name, seed))
-        resume = _resume_file(ckpt_dir)
+        resume = latest_resume_file(ckpt_dir)
         spec = {"model": model, "dataset": args.dataset, "result": result, "checkpoint_dir": ckpt_dir,
                 "resume": resume, "overrides": {**overrides, "seed": seed, "show_progress": False, **args.extra}}
         spec_path = result[:-5] + ".spec.json"

@@ -4,13 +4,18 @@ HyperTuning (hyperopt: exhaustive, random or bayes search).
     python run_hyper_llm.py --model=LLMMTL --dataset=amazon \
         --params_file=properties/hyper/LLMMTL-quick.hyper --algo=exhaustive --output_dir=saved/hyper
 
-Every trial is a normal training run (same protocol as run_recbole_llm.py). Writes
-``<output_dir>/<model>-<dataset>.md`` and ``.csv`` (all trials) and prints the best
-parameters with the command that re-runs them as a plain training run.
+Every trial is a normal training run (same protocol as run_recbole_llm.py), selected on
+valid alone (test is not read). Writes ``<output_dir>/<model>-<dataset>.md`` and ``.csv``
+(all trials) and prints the best parameters with the command that re-runs them as a plain
+training run. A killed search resumes when re-run with the same arguments: finished trials
+are kept in ``<model>-<dataset>.trials.jsonl``, and an unfinished one continues from its
+last epoch.
 """
 
 import argparse
 import csv
+import hashlib
+import json
 import os
 import sys
 
@@ -24,23 +29,68 @@ def _cli_value(value):
     return repr(value).replace(" ", "") if not isinstance(value, str) else value
 
 
+def _trial_key(params):
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _load_trials(path):
+    """Finished trials of an earlier (killed) search: params key -> record."""
+    done = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: that trial runs again
+                    continue
+                done[_trial_key(record["params"])] = record
+    return done
+
+
 def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_stop=10, config_files=None,
-         overrides=None, output_dir="saved/hyper"):
-    """Run the search; returns (best_params, trials) where trials are dicts of params + scores."""
+         overrides=None, output_dir="saved/hyper", evaluate_test=False):
+    """Run the search; returns (best_params, trials) where trials are dicts of params + scores.
+
+    Selection is on valid only: trials never read the test split unless ``evaluate_test``.
+    The search resumes: every finished trial is appended to ``<model>-<dataset>.trials.jsonl``
+    and is not run again, and each trial checkpoints into its own folder, so a killed trial
+    continues from its last finished epoch.
+    """
     from recbole.trainer import HyperTuning
 
-    trials = []
-
-    def objective(params, fixed_files):
-        result = run(model, dataset, fixed_files, config_dict={**(overrides or {}), **params})
-        trials.append({"params": dict(params), "valid": result["best_valid_result"], "test": result["test_result"],
-                       "best_valid_score": result["best_valid_score"]})
-        return result
+    from recbole_llm_mtl.trainer import latest_resume_file
 
     if not os.path.isfile(params_file):
         raise LLMMTLError(f"params_file '{params_file}' not found (see properties/hyper/ for examples)")
     if algo not in ALGOS:
         raise LLMMTLError(f"algo '{algo}' is not one of {ALGOS}")
+    os.makedirs(output_dir, exist_ok=True)
+    base = os.path.join(output_dir, f"{model}-{dataset}")
+    done = _load_trials(base + ".trials.jsonl")
+    trials = []
+
+    def objective(params, fixed_files):
+        key = _trial_key(params)
+        record = done.get(key)
+        if record is None:
+            folder = os.path.join(output_dir, "checkpoints", f"{model}-{dataset}",
+                                  hashlib.sha1(key.encode()).hexdigest()[:12])
+            result = run(model, dataset, fixed_files, resume=latest_resume_file(folder),
+                         config_dict={**(overrides or {}), **params, "checkpoint_dir": folder},
+                         evaluate_test=evaluate_test)
+            record = {"params": dict(params), "valid": result["best_valid_result"], "test": result["test_result"],
+                      "best_valid_score": result["best_valid_score"], "valid_score_bigger": result["valid_score_bigger"],
+                      "best_epoch": result["best_epoch"], "epochs": result["epochs"],
+                      "fit_seconds": result["fit_seconds"], "checkpoint": result["checkpoint"]}
+            with open(base + ".trials.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, default=float) + "\n")
+        else:
+            print(f"trial {params} finished earlier: valid score {record['best_valid_score']:.4f}")
+        trials.append(record)
+        return {"model": model, "best_valid_score": record["best_valid_score"],
+                "valid_score_bigger": record["valid_score_bigger"],
+                "best_valid_result": record["valid"], "test_result": record["test"] or "(not read: valid-only tuning)"}
+
     tuner = HyperTuning(objective, params_file=params_file, fixed_config_file_list=config_files,
                         algo=algo, max_evals=max_evals, early_stop=early_stop)
     tuner.run()
@@ -57,22 +107,31 @@ def rerun_command(model, dataset, params, overrides=None, config_files=None):
 
 
 def write_report(model, dataset, trials, best, output_dir, overrides=None, config_files=None):
+    """``.md`` and ``.csv`` of every trial: its valid metrics (and test ones only where a
+    search was asked to read test)."""
     os.makedirs(output_dir, exist_ok=True)
     base = os.path.join(output_dir, f"{model}-{dataset}")
     keys = sorted({k for t in trials for k in t["params"]})
-    metrics = sorted({m for t in trials for m in t["test"]})
+    columns = [("valid", m) for m in sorted({m for t in trials for m in t["valid"]})]
+    columns += [("test", m) for m in sorted({m for t in trials for m in (t["test"] or {})})]
+    value = lambda t, split, m: (t[split] or {}).get(m)
     with open(base + ".csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial"] + keys + ["valid_score"] + [f"test_{m}" for m in metrics])
+        w.writerow(["trial"] + keys + ["valid_score", "best_epoch", "epochs"] + [f"{s}_{m}" for s, m in columns])
         for i, t in enumerate(trials, 1):
-            w.writerow([i] + [t["params"].get(k) for k in keys] + [t["best_valid_score"]]
-                       + [t["test"].get(m) for m in metrics])
+            w.writerow([i] + [t["params"].get(k) for k in keys] + [t["best_valid_score"], t.get("best_epoch"),
+                                                                   t.get("epochs")]
+                       + [value(t, s, m) for s, m in columns])
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"
     lines = [f"# Tuning {model} on {dataset}", "",
-             "| trial | " + " | ".join(keys) + " | valid score | " + " | ".join(f"test {m}" for m in metrics) + " |",
-             "|---" * (len(keys) + len(metrics) + 2) + "|"]
+             "Selected on the valid score alone" + ("" if any(t["test"] for t in trials) else "; test was not read") + ".",
+             "", "| trial | " + " | ".join(keys) + " | valid score | best epoch | epochs | "
+             + " | ".join(f"{s} {m}" for s, m in columns) + " |",
+             "|---" * (len(keys) + len(columns) + 4) + "|"]
     for i, t in enumerate(trials, 1):
         lines.append(f"| {i} | " + " | ".join(str(t["params"].get(k)) for k in keys)
-                     + f" | {t['best_valid_score']:.4f} | " + " | ".join(f"{t['test'].get(m, 0):.4f}" for m in metrics) + " |")
+                     + f" | {t['best_valid_score']:.4f} | {t.get('best_epoch')} | {t.get('epochs')} | "
+                     + " | ".join(fmt(value(t, s, m)) for s, m in columns) + " |")
     cmd = rerun_command(model, dataset, best or {}, overrides, config_files)
     lines += ["", f"Best parameters: `{best}`", "", "Re-run the best as a plain training run:", "",
               f"    {cmd}", ""]
@@ -91,12 +150,15 @@ def main(argv=None):
     parser.add_argument("--max_evals", type=int, default=20, help="trials for random/bayes")
     parser.add_argument("--early_stop", type=int, default=10, help="stop after this many trials without progress")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files fixed for all trials")
-    parser.add_argument("--output_dir", default="saved/hyper")
+    parser.add_argument("--output_dir", default="saved/hyper",
+                        help="reports, the trial log and per-trial checkpoints (re-running resumes)")
+    parser.add_argument("--evaluate_test", action="store_true",
+                        help="also test every trial (off: selection reads valid only)")
     args, overrides = parse_with_overrides(parser, argv)  # other --key=value: fixed for every trial
     files = args.config_files.split() if args.config_files else None
     try:
         tune(args.model, args.dataset, args.params_file, args.algo, args.max_evals, args.early_stop, files,
-             overrides, args.output_dir)
+             overrides, args.output_dir, args.evaluate_test)
     except LLMMTLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,10 +35,11 @@ def evaluate_cold_and_warm(trainer, config, test_data, show_progress):
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=None,
-        saved=True, resume=None):
+        saved=True, resume=None, evaluate_test=True):
     """Train on the train split with early stopping on valid, then test the best model.
 
-    Returns a dict with best valid/test results, the checkpoint path and timings.
+    ``evaluate_test=False`` (tuning runs) never reads the test split: selection is made on
+    valid alone. Returns a dict with best valid/test results, the checkpoint path and timings.
     """
     started = time.time()
     config = build_config(model, dataset, config_file_list, config_dict, cmd_overrides)
@@ -62,10 +63,12 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
     # (epoch, valid score, seconds since start) over all parts: for time-to-quality reports
     history = trainer.history
     eval_start = time.time()
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_result, cold_warm = {}, {}
+    if evaluate_test:
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+        if config["cold_item_ratio"]:
+            cold_warm = evaluate_cold_and_warm(trainer, config, test_data, config["show_progress"])
     eval_seconds = time.time() - eval_start
-    cold_warm = evaluate_cold_and_warm(trainer, config, test_data, config["show_progress"]) \
-        if config["cold_item_ratio"] else {}
 
     if not config["single_spec"]:
         import torch.distributed as dist

@@ -5,6 +5,7 @@ RecBole pickles its whole ``Config`` into checkpoints, which torch>=2.6 refuses 
 with ``weights_only=True``: no pickle code runs, whoever wrote the file.
 """
 
+import glob
 import os
 import random
 import tempfile
@@ -35,6 +36,13 @@ def plain_config(values):
     """The JSON-like part of a config dict (enums and devices are re-derived on load)."""
     return {k: (list(v) if isinstance(v, tuple) else v)
             for k, v in values.items() if _plain(v) and not isinstance(v, Enum)}
+
+
+def latest_resume_file(checkpoint_dir):
+    """The newest every-epoch resume state (``*-last.pth``) a killed run left in its own
+    ``checkpoint_dir``, if any: runs that get a folder each can resume without a name."""
+    found = glob.glob(os.path.join(checkpoint_dir, "*-last.pth"))
+    return max(found, key=os.path.getmtime) if found else None
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -3,10 +3,11 @@
 import os
 
 from conftest import ROOT, tiny_overrides
+from recbole_llm_mtl import hyper
 from recbole_llm_mtl.hyper import rerun_command, tune
 
 
-def test_two_trials_and_report(tiny_root, cache_dir, workdir):
+def test_two_trials_report_and_resume(tiny_root, cache_dir, workdir, monkeypatch):
     space = workdir / "space.hyper"
     space.write_text("learning_rate choice [0.001,0.003]\n")
     best, trials = tune("LLMMTL", "amazon", str(space), algo="exhaustive",
@@ -20,11 +21,23 @@ def test_two_trials_and_report(tiny_root, cache_dir, workdir):
     assert table.count("| 0.00") >= 2 and "python run_recbole_llm.py --model=LLMMTL" in table
     assert (workdir / "hyper" / "LLMMTL-amazon.csv").read_text().count("\n") == 3
     assert "--learning_rate=0.003" in rerun_command("LLMMTL", "amazon", {"learning_rate": 0.003})
+    assert all(t["test"] == {} and t["valid"]["ndcg@10"] >= 0 for t in trials), "tuning read the test split"
+    assert "test was not read" in table
+
+    # re-running the same search resumes: finished trials are read back, none is trained again
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished trial was trained again")
+
+    monkeypatch.setattr(hyper, "run", no_training)
+    best2, trials2 = tune("LLMMTL", "amazon", str(space), algo="exhaustive",
+                          overrides=tiny_overrides(tiny_root, cache_dir, task_weights={"behavior": 1.0}),
+                          output_dir=str(workdir / "hyper"))
+    assert best2 == best and [t["best_valid_score"] for t in trials2] == [t["best_valid_score"] for t in trials]
 
 
 def test_shipped_spaces_parse():
     from recbole.trainer import HyperTuning
 
-    for name in ("LLMMTL.hyper", "LLMMTL-quick.hyper"):
+    for name in ("LLMMTL.hyper", "LLMMTL-quick.hyper", "SASRec.hyper", "LightGCN.hyper", "FDSA.hyper"):
         tuner = HyperTuning(lambda *a: None, params_file=os.path.join(ROOT, "properties", "hyper", name), algo="random")
         assert "learning_rate" in tuner.space

@@ -22,7 +22,7 @@ setup(
     package_dir={"recbole_llm_mtl.properties": "properties", "recbole_llm_mtl.dataset": "dataset"},
     package_data={
         "recbole_llm_mtl.properties": ["*.yaml", "*/*.yaml", "hyper/*.hyper"],
-        "recbole_llm_mtl.dataset": ["*/*.inter", "*/*.item", "*/*.user", "*/README.md"],
+        "recbole_llm_mtl.dataset": ["*/*.inter", "*/*.item", "*/*.user", "*/*.review", "*/README.md"],
     },
     py_modules=["run_recbole_llm"],
     entry_points={"console_scripts": ["run_recbole_llm=recbole_llm_mtl.quick_start:main"]},
@@ -36,6 +36,7 @@ setup(
         "numpy>=1.23,<2",          # RecBole 1.2.1 uses np.float_, ray 2.6 np.bool8
         "pandas>=1.5,<3",          # pandas 3 breaks RecBole's token_seq remapping
         "scipy>=1.8,<1.13",        # scipy>=1.13 breaks RecBole's graph models (dok_matrix)
+        "scikit-learn>=1.0",       # k-means and truncated SVD for the auxiliary-task labels
         "setuptools<81",           # ray 2.6 imports pkg_resources
         "ray>=2.0,<=2.6.3",
         "hyperopt==0.2.5",         # 0.2.7 breaks RecBole's exhaustive search

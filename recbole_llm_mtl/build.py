@@ -39,6 +39,8 @@ def build(config, log=None):
     if log:
         log.info(dataset)
     train, valid, test = data_preparation(config, dataset)
+    if hasattr(type(train._dataset), "text_features"):
+        train._dataset.text_features  # text vectors, user texts, task targets: from the train split
     # each rank of a multi-process run draws its own dropout masks
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = model_class(config, train._dataset).to(config["device"])  # train split only

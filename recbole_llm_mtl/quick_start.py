@@ -104,6 +104,8 @@ def parse_args(argv):
     parser.add_argument("--dataset", "-d", default="amazon", help="dataset name (folder under data_path)")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files")
     parser.add_argument("--resume", default=None, help="checkpoint to resume training from")
+    parser.add_argument("--valid_only", action="store_true",
+                        help="train and select on valid; never read the test split (for tuning decisions)")
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine")
     parser.add_argument("--world_size", type=int, default=-1, help="total processes (several machines)")
     parser.add_argument("--ip", default="localhost", help="address of the rank-0 machine")
@@ -134,7 +136,8 @@ def main(argv=None):
             result = run_distributed(args, files, overrides)[0]
             result["resumed_at_epoch"] = None
         else:
-            result = run(args.model, args.dataset, files, cmd_overrides=overrides, resume=args.resume)
+            result = run(args.model, args.dataset, files, cmd_overrides=overrides, resume=args.resume,
+                         evaluate_test=not args.valid_only)
     except LLMMTLError as e:
         logging.getLogger().error(str(e))
         print(f"error: {e}", file=sys.stderr)
@@ -142,7 +145,7 @@ def main(argv=None):
     if result["resumed_at_epoch"] is not None:
         print(f"resumed from {args.resume} at epoch {result['resumed_at_epoch']}")
     print(f"best valid: {result['best_valid_result']}")
-    print(f"test result: {result['test_result']}")
+    print(f"test result: {result['test_result'] or '(not read: --valid_only)'}")
     if result["checkpoint"]:
         print(f"checkpoint: {result['checkpoint']}")
     return 0

@@ -86,7 +86,8 @@ class Recommender:
     @torch.no_grad()
     def _queries(self, rows):
         m = self.model
-        h_a, h_u, q = m.user_states(self.seq[rows], self.user_ids[rows], self.h_v)
+        history = {m.USER_ID: self.user_ids[rows], m.ITEM_SEQ: self.seq[rows], m.ITEM_SEQ_LEN: self.lens[rows]}
+        h_a, h_u, q = m.user_states(history, self.h_v)
         pick = (self.lens[rows] - 1).view(-1, 1, 1).expand(-1, 1, q.size(-1))
         gather = lambda x: x.gather(1, pick).squeeze(1)
         return gather(h_a), gather(h_u), gather(q)
@@ -127,10 +128,8 @@ class Recommender:
         m = self.model
         if not m.use_text:
             raise ConfigError("this checkpoint was trained without text (use_text: False); it cannot rank new items")
-        from recbole_llm_mtl.text.encoder import SharedLanguageModel
 
-        lm = SharedLanguageModel.from_config(self.config, trainable=self.config["llm_mode"] != "frozen")
-        vec = (lm.encode([text], show_progress=False).to(m.text_mean.device) - m.text_mean) / m.text_std
+        vec = m.encode_new_items([text])  # the checkpoint's own (fine-tuned) language model
         item = m.scorer.items(m.item_norm(m.adaptor(vec)))  # text path only: no ID embedding exists
         rows = torch.arange(len(self.seq))
         _, _, q = self._queries(rows)

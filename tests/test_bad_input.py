@@ -60,7 +60,7 @@ def test_items_without_item_row_and_empty_text_still_train(copy_root, cache_dir,
 def test_nan_loss_names_the_task(tiny_root, cache_dir):
     _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir)
     with torch.no_grad():
-        model.user_head.weight.fill_(float("nan"))
+        model.tasks["user_profile"].head.weight.fill_(float("nan"))
     with pytest.raises(TrainingError, match="user_profile loss became nan at training step 1"):
         model.calculate_loss(next(iter(train)))
 
@@ -86,7 +86,8 @@ def test_unwritable_cache_dir_still_trains(tiny_root, tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     caplog.set_level("WARNING")
-    _, train, _, _, model = build("LLMMTL", tiny_root, str(blocker / "cache"), task_weights={"behavior": 1.0})
+    _, train, _, _, model = build("LLMMTL", tiny_root, str(blocker / "cache"), task_weights={"behavior": 1.0},
+                                         user_text=False)
     assert "not writable" in caplog.text
     assert torch.isfinite(model.calculate_loss(next(iter(train)))[0])
 
@@ -135,6 +136,7 @@ def test_out_of_memory_while_encoding_retries_smaller(monkeypatch, caplog):
 
 def test_cache_of_another_model_setting_is_not_used(tiny_root, tmp_path):
     cache = str(tmp_path / "cache")
-    _, _, _, _, a = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0})
-    _, _, _, _, b = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, llm_max_length=8)
+    _, _, _, _, a = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False)
+    _, _, _, _, b = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False,
+                          llm_max_length=8)
     assert len(os.listdir(cache)) == 2 and not torch.allclose(a.item_text, b.item_text)

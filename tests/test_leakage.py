@@ -59,14 +59,15 @@ def test_user_side_ignores_held_out_items(tiny_root, cache_dir):
 
     def query():
         with torch.no_grad():
-            _, _, q = model.user_states(seq, users, model.item_representations())
+            _, _, q = model.user_states(batch, model.item_representations())
         return model.gather_indexes(q, lens - 1)
 
     q1 = query()
     with torch.no_grad():
         model.item_text[only_held] = torch.randn(len(only_held), model.item_text.size(1))
         model.item_embedding.weight[only_held] = torch.randn(len(only_held), model.hidden_size)
-        model.item_tags[only_held] = 1.0
+        for task in ("user_profile", "item_semantics"):
+            model.tasks[task].item_labels[only_held] = 1.0
     q2 = query()
     assert torch.allclose(q1, q2, atol=1e-6)
     with torch.no_grad():  # sanity: the same change to a history item does move the query

@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 from conftest import build
@@ -44,3 +45,22 @@ def test_lora_adapters_learn_and_eval_refreshes(tiny_root, cache_dir):
     with torch.no_grad():
         assert torch.equal(fresh.full_sort_predict(next(iter(valid))[0]), scores)
     assert _cache_files(cache_dir) == cache_before, "fine-tuned vectors reached the frozen-mode cache"
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_fine_tuning_starts_from_the_pretrained_weights(tiny_root, cache_dir, mode):
+    """Building the model must not re-initialise the language model (an `apply(init)` over
+    every submodule once redrew its embeddings): every pretrained tensor equals a fresh load."""
+    from transformers import AutoModel
+
+    from recbole_llm_mtl.text.encoder import default_model_dir
+
+    _, _, _, _, model = build("LLMMTL", tiny_root, cache_dir, llm_mode=mode, user_text=False,
+                              task_weights={"behavior": 1.0})
+    fresh = AutoModel.from_pretrained(default_model_dir()).state_dict()
+    ours = model.llm.model
+    ours = ours.get_base_model() if mode == "lora" else ours
+    state = {k.replace(".base_layer", ""): v for k, v in ours.state_dict().items() if "lora_" not in k}
+    assert set(fresh) <= set(state)
+    for name, tensor in fresh.items():
+        assert torch.equal(state[name], tensor), f"{name} differs from the pretrained weights"

@@ -62,9 +62,9 @@ def test_label_smoothing_mixes_in_a_uniform_target(tiny_root, cache_dir):
     model.eval()  # no dropout: the passes below differ only by the smoothing
     with torch.no_grad():
         smoothed = model.calculate_loss(batch)[0]
-        model.label_smoothing = 0.0
+        model.tasks["behavior"].label_smoothing = 0.0
         plain = model.calculate_loss(batch)[0]
-        model.label_smoothing = 0.2
+        model.tasks["behavior"].label_smoothing = 0.2
         twice = model.calculate_loss(batch)[0]
     assert abs(smoothed - plain) > 1e-3
     assert torch.isclose(twice - smoothed, smoothed - plain, rtol=1e-3)
@@ -93,14 +93,14 @@ def test_inductive_mode_ranks_with_text_only(tiny_root, cache_dir):
 
 def test_cache_hit_and_invalidation(tiny_root, tmp_path, caplog):
     cache = str(tmp_path / "cache")
-    build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0})
+    build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False)
     files = os.listdir(cache)
     assert len(files) == 1
     caplog.set_level("INFO")
-    _, _, _, _, m2 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0})
+    _, _, _, _, m2 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False)
     assert "loaded from cache" in caplog.text and os.listdir(cache) == files
     caplog.clear()
-    _, _, _, _, m3 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0},
+    _, _, _, _, m3 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False,
                            item_text_template={"title": "Product: {}", "brand": "Brand: {}",
                                                "categories": "Category: {}"})
     assert "loaded from cache" not in caplog.text and len(os.listdir(cache)) == 2
@@ -109,12 +109,12 @@ def test_cache_hit_and_invalidation(tiny_root, tmp_path, caplog):
 
 def test_truncated_cache_is_detected_and_rebuilt(tiny_root, tmp_path, caplog):
     cache = str(tmp_path / "cache")
-    _, _, _, _, m1 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0})
+    _, _, _, _, m1 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False)
     (path,) = [os.path.join(cache, f) for f in os.listdir(cache)]
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
     caplog.set_level("WARNING")
-    _, _, _, _, m2 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0})
+    _, _, _, _, m2 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False)
     assert "re-encoding" in caplog.text
     assert torch.allclose(m1.item_text, m2.item_text, atol=1e-5)
     assert VectorCache(cache).load(os.path.basename(path)[: -len(".safetensors")]) is not None
@@ -130,8 +130,10 @@ def test_causal_no_future_item_reaches_a_position(built):
     t = int(lens[row]) // 2
     with torch.no_grad():
         h_v = model.item_representations()
-        _, _, q1 = model.user_states(seq[row:row + 1], batch["user_id"][row:row + 1], h_v)
+        one = lambda: {"user_id": batch["user_id"][row:row + 1], "item_id_list": seq[row:row + 1],
+                       "item_length": lens[row:row + 1]}
+        _, _, q1 = model.user_states(one(), h_v)
         seq[row, t + 1:] = torch.randint(1, model.n_items, (seq.size(1) - t - 1,))
-        _, _, q2 = model.user_states(seq[row:row + 1], batch["user_id"][row:row + 1], h_v)
+        _, _, q2 = model.user_states(one(), h_v)
     assert torch.allclose(q1[0, : t + 1], q2[0, : t + 1], atol=1e-5)
     assert not torch.allclose(q1[0, t + 1:], q2[0, t + 1:])

@@ -23,7 +23,10 @@ def all_position_rows(user_ids, times, window):
 class AllPositionDataset(SequentialDataset):
     """SequentialDataset whose train split holds each user's sequence once (in windows of
     ``MAX_ITEM_LIST_LENGTH``), for causal models that learn from every position.
-    Valid and test splits are RecBole's own, row for row."""
+    Valid and test splits are RecBole's own, row for row.
+
+    The train split carries the model's text features and task targets
+    (:attr:`text_features`), built from that split alone."""
 
     def build(self):
         datasets = super().build()
@@ -33,23 +36,43 @@ class AllPositionDataset(SequentialDataset):
                                      train.inter_feat[self.time_field].numpy(),
                                      self.config["MAX_ITEM_LIST_LENGTH"])
             datasets[0] = train.copy(train.inter_feat[keep])
+        datasets[0].is_train_split = True
         return datasets
+
+    @property
+    def text_features(self):
+        """:class:`~recbole_llm_mtl.data.text_features.TextFeatures` of this train split,
+        built on first use (after every change to the split, e.g. cold-item removal)."""
+        if not getattr(self, "is_train_split", False):
+            raise RuntimeError("text features are built from the train split only")
+        if getattr(self, "_text_features", None) is None:
+            from recbole_llm_mtl.data.text_features import TextFeatures
+
+            self._text_features = TextFeatures(self.config, self)
+        return self._text_features
 
 
 def remove_items(train, items_mask, seq_field, len_field, item_field):
     """Drop every interaction with a masked item from train rows: rows whose target is
-    masked go, masked items leave the histories (the rest is shifted left, order kept)."""
+    masked go, masked items leave the histories (the rest is shifted left, order kept,
+    and every other per-position list, e.g. timestamps, shifted with them)."""
     feat = train.inter_feat
     keep_row = ~items_mask[feat[item_field]]
     seq, lengths = feat[seq_field][keep_row], feat[len_field][keep_row]
     positions = torch.arange(seq.size(1)).unsqueeze(0)
     keep = (positions < lengths.unsqueeze(1)) & ~items_mask[seq]
     order = torch.argsort((~keep).int(), dim=1, stable=True)  # kept items first, in order
-    seq = torch.where(torch.gather(keep, 1, order), torch.gather(seq, 1, order), torch.zeros_like(seq))
+    kept = torch.gather(keep, 1, order)
     new_len = keep.sum(1)
     rows = torch.nonzero(keep_row).flatten()[new_len > 0]
     sub = train.copy(feat[rows])
-    sub.inter_feat[seq_field] = seq[new_len > 0]
+    for field in feat.columns:
+        values = feat[field]
+        if field == len_field or values.dim() != 2 or values.shape[1] != seq.size(1):
+            continue
+        values = values[keep_row]
+        shifted = torch.where(kept, torch.gather(values, 1, order), torch.zeros_like(values))
+        sub.inter_feat[field] = shifted[new_len > 0]
     sub.inter_feat[len_field] = new_len[new_len > 0]
     return sub
 

@@ -69,8 +69,8 @@ def causal_mean(x):
 
 
 class UserProfileExtractor(nn.Module):
-    """H_u from the user's profile text vector (if any) and the running semantic summary
-    of the items seen so far."""
+    """H_u from the user-text vector at each position (if any) and the running semantic
+    summary of the items seen so far."""
 
     def __init__(self, sem_dim, text_dim, hidden, dropout):
         super().__init__()
@@ -82,7 +82,7 @@ class UserProfileExtractor(nn.Module):
     def forward(self, history_semantics, user_text=None):
         h = self.mlp(history_semantics)
         if self.text_proj is not None and user_text is not None:
-            h = h + self.text_proj(user_text).unsqueeze(1)
+            h = h + self.text_proj(user_text)  # (B, L, d): one text per position
         return self.norm(h)
 
 

@@ -3,25 +3,26 @@ r"""LLMMTL: a shared language model with multi-task learning for sequential reco
 Idea
 ----
 One shared pretrained language model (any HuggingFace model) reads item text (title,
-brand, categories, ...) and user text (profile fields). Three task-specific extractors
-give
+brand, categories, ...) and user text (profile fields, the user's own reviews, and the
+recent history as text, at every position; :mod:`recbole_llm_mtl.data.user_text`). Three
+task-specific extractors give
 
 * H_v, item semantics: a mixture-of-whitening-experts adaptor over the item's text vector
   (after UniSRec, Hou et al., KDD 2022), optionally plus a learned item-ID embedding;
 * H_a, behaviour: a causal Transformer over the history's H_v, read at every position;
-* H_u, user profile: the user's profile-text vector plus the running semantic summary of
-  the items seen so far (never anything after the position being predicted).
+* H_u, user profile: the user-text vector at the position plus the running semantic
+  summary of the items seen so far (never anything after the position being predicted).
 
 A similarity-reasoning module f_r(H_u, H_v, H_a) followed by a sigmoid scores user-item
-pairs. Training sums three weighted losses: behaviour (next item; softmax CE over the
-items seen in training, or BCE with sampled negatives), user profile (multi-label BCE on
-the interest tags the user reaches by the next item, plus profile attributes when the
-dataset has them) and item semantics (multi-label BCE on each item's own category/brand
-tags from H_v).
+pairs. Training sums three weighted task losses (:mod:`recbole_llm_mtl.model.tasks`):
+behaviour (next item), user profile (the semantic labels of the user's next few items) and
+item semantics (each item's tags or text clusters and its behaviour clusters from H_v).
 
-Every position of a training sequence is a next-item example (causal attention), so the
-train split holds each user's sequence once instead of once per prefix
-(:class:`recbole_llm_mtl.data.dataset.AllPositionDataset`); evaluation is RecBole's.
+Text vectors, user texts and task labels are prepared on the dataset side from the train
+split (:mod:`recbole_llm_mtl.data.text_features`). Every position of a training sequence
+is a next-item example (causal attention), so the train split holds each user's sequence
+once instead of once per prefix (:class:`recbole_llm_mtl.data.dataset.AllPositionDataset`);
+evaluation is RecBole's.
 """
 
 import logging
@@ -29,13 +30,11 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from tqdm import tqdm
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
+from tqdm import tqdm
 
 from recbole_llm_mtl.data.dataset import AllPositionDataset
-from recbole_llm_mtl.distributed import is_distributed, sharded_cached_encode
 from recbole_llm_mtl.errors import ConfigError, TrainingError
 from recbole_llm_mtl.model.layers import (
     CausalTransformer,
@@ -45,13 +44,9 @@ from recbole_llm_mtl.model.layers import (
     UserProfileExtractor,
     causal_mean,
 )
-from recbole_llm_mtl.text.cache import VectorCache, cached_encode
-from recbole_llm_mtl.text.encoder import SharedLanguageModel
-from recbole_llm_mtl.text.templates import multi_hot, render_texts, template_from_config
+from recbole_llm_mtl.model.tasks import TASKS, BehaviorTask, ItemSemanticsTask, Step, UserProfileTask
 
 logger = logging.getLogger(__name__)
-
-TASKS = ("behavior", "user_profile", "item_semantics")
 
 
 def _choice(config, key, options):
@@ -81,55 +76,37 @@ class LLMMTL(SequentialRecommender):
         self.behavior_loss = _choice(config, "behavior_loss", ("ce", "bce"))
         self.neg_samples = config["neg_samples"]
         self.label_smoothing = config["label_smoothing"]
+        self.profile_horizon = config["profile_horizon"]
         self.llm_mode = _choice(config, "llm_mode", ("frozen", "lora", "full"))
-        self.task_weights = [float(config["task_weights"].get(t, 0.0)) for t in TASKS]
+        weights = dict(config["task_weights"] or {})
+        unknown = sorted(set(weights) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"task_weights: unknown task(s) {unknown}; tasks are {list(TASKS)}")
         self.task_weighting = _choice(config, "task_weighting", ("fixed", "uncertainty"))
         if self.hidden_size % self.n_heads:
             raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by n_heads ({self.n_heads})")
-        if any(w < 0 for w in self.task_weights) or self.task_weights[0] <= 0:
-            raise ConfigError(f"task_weights {config['task_weights']}: weights must be >= 0 and "
+        if any(float(w) < 0 for w in weights.values()) or float(weights.get("behavior", 0)) <= 0:
+            raise ConfigError(f"task_weights {weights}: weights must be >= 0 and "
                               "the behavior weight > 0 (it is the ranking task)")
         if not (self.use_text or self.item_id_embedding):
             raise ConfigError("use_text and item_id_embedding are both off: items would have no representation")
         self.USER_ID = config["USER_ID_FIELD"]
         self.show_progress = config["show_progress"]
 
-        # ---- text through the shared language model ----
+        # ---- what the dataset side prepared from the train split ----
+        features = dataset.text_features
+        self.text_seconds = features.text_seconds
+        # plain objects, not modules: their vectors are data, not weights
+        self.user_texts = features.user_texts
+        self.text_encoder = features.encoder
         self.llm = None
-        user_template = template_from_config(config["user_text_fields"] or [], config["user_text_template"])
-        need_llm = self.use_text or bool(user_template)
-        lm = SharedLanguageModel.from_config(config, self.llm_mode != "frozen") if need_llm else None
-        text_dim = lm.hidden_size if lm is not None else 0
         if self.use_text:
-            if not config["item_text_fields"]:
-                raise ConfigError("item_text_fields is not set: list the item fields to read as text "
-                                  "in the dataset YAML (or set use_text: False)")
-            item_template = template_from_config(config["item_text_fields"], config["item_text_template"])
-            texts, n_empty = render_texts(dataset, dataset.item_feat, item_template,
-                                          config["text_separator"], "item")
-            if n_empty:
-                logger.info(f"{n_empty} of {len(texts) - 1} items have no text; they use a zero text vector")
-            vectors = self._encode(config, lm, texts, "item")
-            empty = torch.tensor([not t for t in texts])
-            mean, std = vectors[~empty].mean(0), vectors[~empty].std(0).clamp(min=1e-6)
-            vectors = ((vectors - mean) / std).masked_fill(empty.unsqueeze(1), 0.0)
-            self.register_buffer("item_text", vectors)
-            self.register_buffer("text_mean", mean)
-            self.register_buffer("text_std", std)
-            self.adaptor = MoEAdaptor(text_dim, self.hidden_size, self.n_experts, self.adaptor_dropout_prob)
+            self.register_buffer("item_text", features.item_text.clone())
+            self.register_buffer("text_mean", features.text_mean)
+            self.register_buffer("text_std", features.text_std)
+            self.adaptor = MoEAdaptor(features.text_dim, self.hidden_size, self.n_experts, self.adaptor_dropout_prob)
             if self.llm_mode != "frozen":
-                self._init_tuning(config, lm, texts, empty)
-        if user_template:
-            texts, n_empty = render_texts(dataset, dataset.user_feat, user_template,
-                                          config["text_separator"], "user")
-            vectors = self._encode(config, lm, texts, "user")
-            vectors = F.normalize(vectors, dim=-1)
-            vectors[0] = 0.0
-            self.register_buffer("user_text", vectors)
-        else:
-            self.user_text = None
-        if self.llm is None:
-            del lm  # frozen: the language model never runs inside training
+                self._init_tuning(config, features)
 
         # ---- item id embedding ----
         if self.item_id_embedding:
@@ -139,64 +116,43 @@ class LLMMTL(SequentialRecommender):
         # ---- extractors and scorer ----
         self.behavior = CausalTransformer(self.hidden_size, self.n_layers, self.n_heads,
                                           self.inner_size, self.dropout_prob, self.max_seq_length)
-        self.profile = UserProfileExtractor(self.hidden_size, text_dim if self.user_text is not None else 0,
-                                            self.hidden_size, self.dropout_prob)
+        user_dim = features.text_dim if self.user_texts is not None else 0
+        self.profile = UserProfileExtractor(self.hidden_size, user_dim, self.hidden_size, self.dropout_prob)
         self.scorer = SimilarityScorer(self.hidden_size, self.scorer_mode, self.dropout_prob,
                                        config["temperature"], config["normalize_scores"])
 
-        # ---- tags for the auxiliary tasks ----
-        item_tags, self.item_tag_names = multi_hot(dataset, dataset.item_feat, config["tag_fields"] or [],
-                                                   config["tag_min_count"], config["tag_max_share"])
-        self.register_buffer("item_tags", item_tags)
-        if config["user_tag_fields"]:
-            user_tags, self.user_tag_names = multi_hot(dataset, dataset.user_feat, config["user_tag_fields"],
-                                                       config["tag_min_count"], 1.0)
-            self.register_buffer("user_tags", user_tags)
-        else:
-            self.user_tags, self.user_tag_names = None, []
-        n_user_tags = item_tags.size(1) + len(self.user_tag_names)
-        for k, (task, n_tags) in enumerate(zip(TASKS[1:], (n_user_tags, item_tags.size(1))), start=1):
-            if self.task_weights[k] > 0 and n_tags == 0:
-                logger.warning(f"no tags for the {task} task (tag_fields / user_tag_fields); task disabled")
-                self.task_weights[k] = 0.0
-        self.user_head = nn.Linear(self.hidden_size, n_user_tags) if self.task_weights[1] > 0 else None
-        self.item_head = nn.Linear(self.hidden_size, item_tags.size(1)) if self.task_weights[2] > 0 else None
-        # Items with no training interaction are unknown to the model, not negatives: a
-        # softmax that pushes them down at every step would bury new (cold) items whose
-        # text resembles what users buy. Only items seen in training compete in the loss.
-        feat = dataset.inter_feat
-        seen = torch.zeros(self.n_items, dtype=torch.bool)
-        seen[feat[self.ITEM_ID]] = True
-        seen[feat[self.ITEM_SEQ]] = True
-        seen[0] = False
-        column = torch.full((self.n_items,), -1, dtype=torch.long)
-        column[seen] = torch.arange(int(seen.sum()))
-        self.register_buffer("train_items", seen.nonzero().squeeze(1), persistent=False)
-        self.register_buffer("train_item_column", column, persistent=False)
-        self.active_tasks = [k for k, w in enumerate(self.task_weights) if w > 0]
-        self.loss_names = [TASKS[k] for k in self.active_tasks]
-        self.weighting = TaskWeighting([self.task_weights[k] for k in self.active_tasks], self.task_weighting)
+        # ---- tasks: named heads, each with its targets and loss ----
+        labels = features.item_labels
+        tasks = {"behavior": BehaviorTask(features.seen, self.behavior_loss, self.neg_samples,
+                                          self.label_smoothing)}
+        for name, make in (("user_profile", lambda: UserProfileTask(self.hidden_size, labels, self.profile_horizon)),
+                           ("item_semantics", lambda: ItemSemanticsTask(self.hidden_size, labels))):
+            if float(weights.get(name, 0)) > 0:
+                if labels.size(1) == 0:
+                    logger.warning(f"no semantic labels for the {name} task (no tags, text clusters or "
+                                   "behaviour clusters); task disabled")
+                    continue
+                tasks[name] = make()
+        self.tasks = nn.ModuleDict(tasks)
+        self.loss_names = list(self.tasks)
+        self.weighting = TaskWeighting([float(weights.get(n, 0)) for n in self.loss_names], self.task_weighting)
         self._stale_text = False
         self._scoring_items = None  # H_v of all items, cached while not training
         self._step = 0  # training steps, for error messages
-        self.apply(self._init_weights)
+        # the pretrained language model keeps its weights: only our own layers are initialised
+        for name, child in self.named_children():
+            if child is not self.llm:
+                child.apply(self._init_weights)
         self.init_seconds = time.perf_counter() - started
 
-    # ------------------------------------------------------------------ set-up helpers
-    def _encode(self, config, lm, texts, what):
-        cache = VectorCache(config["text_cache_dir"]) if config["text_cache_dir"] else None
-        encode = lambda t: lm.encode(t, config["llm_batch_tokens"], config["show_progress"],
-                                     desc=f"Encoding {what} text")
-        start = time.perf_counter()
-        if is_distributed():
-            vectors, _ = sharded_cached_encode(cache, lm.identity, texts, encode)
-        else:
-            vectors, _ = cached_encode(cache, lm.identity, texts, encode)
-        self.text_seconds = getattr(self, "text_seconds", 0.0) + time.perf_counter() - start
-        return vectors
+    @property
+    def train_items(self):
+        return self.tasks["behavior"].train_items
 
-    def _init_tuning(self, config, lm, texts, empty):
+    # ------------------------------------------------------------------ set-up helpers
+    def _init_tuning(self, config, features):
         """``lora``/``full``: keep the language model as a trained submodule."""
+        lm = features.lm
         lm.load()
         if self.llm_mode == "lora":
             from peft import LoraConfig, get_peft_model
@@ -207,15 +163,12 @@ class LLMMTL(SequentialRecommender):
             lm.model = get_peft_model(lm.model, peft_config)
         lm.model.train()
         self.llm = lm
-        ids = lm.tokenize(texts)
-        input_ids, mask = lm.pad(ids)
+        input_ids, mask = lm.pad(lm.tokenize(features.item_texts))
         self.register_buffer("item_input_ids", input_ids, persistent=False)
         self.register_buffer("item_attention_mask", mask, persistent=False)
-        self.register_buffer("item_text_empty", empty, persistent=False)
+        self.register_buffer("item_text_empty", features.item_text_empty, persistent=False)
 
     def _init_weights(self, module):
-        if module is self.llm:
-            return
         if isinstance(module, nn.Embedding) and module.weight.requires_grad:
             nn.init.normal_(module.weight, std=0.02)
             if module.padding_idx is not None:
@@ -236,6 +189,22 @@ class LLMMTL(SequentialRecommender):
         out = self.llm(self.item_input_ids[ids], self.item_attention_mask[ids])
         out = (out - self.text_mean) / self.text_std
         return out.masked_fill(self.item_text_empty[ids].unsqueeze(-1), 0.0)
+
+    @torch.no_grad()
+    def encode_new_items(self, texts):
+        """Standardised text vectors of item texts the model has never seen, from the
+        model's own language model (the fine-tuned one in lora/full mode)."""
+        if not self.use_text:
+            raise ConfigError("this model was trained without text (use_text: False); it cannot read new items")
+        device = self.item_text.device
+        if self.llm is not None:
+            was = self.llm.training
+            self.llm.eval()
+            vectors = self.llm(*self.llm.pad(self.llm.tokenize(texts), device))
+            self.llm.train(was)
+        else:
+            vectors = self.text_encoder.lm.encode(list(texts), show_progress=False).to(device)
+        return (vectors - self.text_mean) / self.text_std
 
     @torch.no_grad()
     def refresh_text_vectors(self, batch_size=256):
@@ -266,15 +235,23 @@ class LLMMTL(SequentialRecommender):
             h = h + self.item_embedding.weight
         return self.item_norm(h)
 
-    def user_states(self, item_seq, user_ids, h_v):
-        """Per-position (H_a, H_u, query) for a batch of histories."""
-        h_seq = h_v[item_seq]
+    def user_text_vectors(self, interaction, last_only=False):
+        """(B, L, d) user-text vectors at each position (zeros where none), or None."""
+        if self.user_texts is None:
+            return None
+        index = self.user_texts.lookup(interaction, last_only)
+        return self.user_texts.vectors[index].to(self.item_norm.weight.device)
+
+    def user_states(self, interaction, h_v, last_only=False):
+        """Per-position (H_a, H_u, query) for a batch of histories (a mapping with the user
+        id, item sequence and length fields; and timestamps when reviews are read).
+        ``last_only``: user text only where scoring reads it, the last position."""
+        h_seq = h_v[interaction[self.ITEM_SEQ]]
         h_a = self.behavior(h_seq)
-        user_text = self.user_text[user_ids] if self.user_text is not None else None
-        h_u = self.profile(causal_mean(h_seq), user_text)
+        h_u = self.profile(causal_mean(h_seq), self.user_text_vectors(interaction, last_only))
         return h_a, h_u, self.scorer.query(h_a, h_u)
 
-    def forward(self, item_seq, item_seq_len, user_ids):
+    def forward(self, interaction):
         """Query vector at the last real position of each history, and all H_v.
 
         Out of training, H_v of all items is computed once and reused by every scoring call
@@ -285,39 +262,25 @@ class LLMMTL(SequentialRecommender):
             if self._scoring_items is None:
                 self._scoring_items = self.item_representations()
             h_v = self._scoring_items
-        _, _, query = self.user_states(item_seq, user_ids, h_v)
-        return self.gather_indexes(query, item_seq_len - 1), h_v
+        _, _, query = self.user_states(interaction, h_v, last_only=True)
+        return self.gather_indexes(query, interaction[self.ITEM_SEQ_LEN] - 1), h_v
 
     # ------------------------------------------------------------------ training
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]
         seq_len = interaction[self.ITEM_SEQ_LEN]
-        user_ids = interaction[self.USER_ID]
         rows = torch.arange(item_seq.size(0), device=item_seq.device)
-        # label at position t is the item after t: the next history item, or the target
-        labels = torch.cat([item_seq[:, 1:], torch.zeros_like(item_seq[:, :1])], dim=1)
-        labels[rows, seq_len - 1] = interaction[self.POS_ITEM_ID]
+        # the item after position t: the next history item, or the row's target
+        next_items = torch.cat([item_seq[:, 1:], torch.zeros_like(item_seq[:, :1])], dim=1)
+        next_items[rows, seq_len - 1] = interaction[self.POS_ITEM_ID]
         valid = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0) < seq_len.unsqueeze(1)
 
-        batch_items = torch.unique(torch.cat([item_seq[valid], labels[valid]]))
+        batch_items = torch.unique(torch.cat([item_seq[valid], next_items[valid]]))
         h_v = self.item_representations(batch_items if self.llm is not None else None)
-        h_a, h_u, query = self.user_states(item_seq, user_ids, h_v)
-        items = self.scorer.items(h_v)
-
-        losses = []
-        for task in self.active_tasks:
-            if task == 0:
-                losses.append(self._behavior_loss(query[valid], items, labels[valid]))
-            elif task == 1:
-                target = self.item_tags[item_seq].cumsum(1) + self.item_tags[labels]
-                target = (target > 0).float()[valid]
-                if self.user_tags is not None:
-                    extra = self.user_tags[user_ids].unsqueeze(1).expand(-1, item_seq.size(1), -1)[valid]
-                    target = torch.cat([target, extra], dim=1)
-                losses.append(F.binary_cross_entropy_with_logits(self.user_head(h_u[valid]), target))
-            else:
-                losses.append(F.binary_cross_entropy_with_logits(self.item_head(h_v[batch_items]),
-                                                                 self.item_tags[batch_items]))
+        h_a, h_u, query = self.user_states(interaction, h_v)
+        step = Step(h_v, h_a, h_u, query, self.scorer, self.scorer.items(h_v), next_items, valid, batch_items,
+                    item_seq)
+        losses = [task(step) for task in self.tasks.values()]
         self._step += 1
         for name, loss in zip(self.loss_names, losses):
             if not torch.isfinite(loss):
@@ -325,26 +288,13 @@ class LLMMTL(SequentialRecommender):
                                     "lower learning_rate or check the input data")
         return tuple(self.weighting(losses))
 
-    def _behavior_loss(self, query, items, labels):
-        if self.behavior_loss == "ce":
-            logits = self.scorer.logits(query, items[self.train_items])
-            return F.cross_entropy(logits, self.train_item_column[labels], label_smoothing=self.label_smoothing)
-        pos = self.scorer.pair_logits(query, items[labels])
-        pick = torch.randint(0, self.train_items.numel(), (labels.size(0), self.neg_samples), device=labels.device)
-        neg_ids = self.train_items[pick]
-        neg = self.scorer.pair_logits(query.unsqueeze(1), items[neg_ids])
-        return (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
-                + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
-
     # ------------------------------------------------------------------ scoring
     def predict(self, interaction):
-        query, h_v = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
-                                  interaction[self.USER_ID])
+        query, h_v = self.forward(interaction)
         items = self.scorer.items(h_v[interaction[self.ITEM_ID]])
         return torch.sigmoid(self.scorer.pair_logits(query, items).double())
 
     def full_sort_predict(self, interaction):
-        query, h_v = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
-                                  interaction[self.USER_ID])
+        query, h_v = self.forward(interaction)
         # float64: with a low temperature, float32 sigmoids of top items round to 1.0 and tie
         return torch.sigmoid(self.scorer.logits(query, self.scorer.items(h_v)).double())

@@ -199,10 +199,14 @@ class SharedLanguageModel(nn.Module):
             self.model.to(self._device).eval()
         return self.model
 
-    def tokenize(self, texts):
-        """Token id lists (truncated to ``max_length``), no padding."""
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+    def tokenize(self, texts, max_length=None):
+        """Token id lists (truncated to ``max_length``, default the model's), no padding."""
+        return self.tokenizer(list(texts), truncation=True, max_length=max_length or self.max_length,
                               add_special_tokens=True)["input_ids"]
+
+    def cache_identity(self, max_length=None):
+        """What vectors of texts truncated to ``max_length`` depend on (the cache key's part)."""
+        return {**self.identity, "max_length": int(max_length or self.max_length)}
 
     def pad(self, id_lists, device=None):
         """Right-pad id lists into (input_ids, attention_mask) tensors, without a Python
@@ -229,14 +233,14 @@ class SharedLanguageModel(nn.Module):
         return pooled.float()
 
     @torch.inference_mode()
-    def encode(self, texts, batch_tokens=16384, show_progress=True, desc="Encoding text"):
+    def encode(self, texts, batch_tokens=16384, show_progress=True, desc="Encoding text", max_length=None):
         """Encode all ``texts`` (returned in input order) with length-sorted batches.
 
         ``batch_tokens`` bounds padded tokens per batch; a CUDA out-of-memory halves it
         and retries the batch.
         """
         device = next(self.load().parameters()).device
-        ids = self.tokenize(texts)
+        ids = self.tokenize(texts, max_length)
         lengths = torch.as_tensor(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
         order = torch.argsort(lengths, descending=True, stable=True).tolist()
         out = torch.empty(len(texts), self.hidden_size)

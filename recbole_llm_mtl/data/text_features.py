@@ -1,0 +1,208 @@
+"""What LLMMTL reads from text and from the train split, prepared on the dataset side.
+
+As UniSRec's dataset attaches its pre-computed text table to the dataset, the train split
+of :class:`~recbole_llm_mtl.data.dataset.AllPositionDataset` carries a :class:`TextFeatures`
+(``dataset.text_features``): item text vectors from the shared language model, the user-text
+table, the items seen in training, and the semantic labels the two auxiliary tasks predict.
+The model's ``__init__`` reads these tensors; it runs no text pipeline of its own.
+
+Everything derived from interactions (behaviour clusters, the training-item set) comes from
+the train split alone, so nothing about a user's valid or test items reaches the model.
+"""
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recbole_llm_mtl.data.user_text import UserTexts
+from recbole_llm_mtl.distributed import is_distributed, sharded_cached_encode
+from recbole_llm_mtl.errors import ConfigError, DataError
+from recbole_llm_mtl.text.cache import VectorCache, cached_encode
+from recbole_llm_mtl.text.encoder import SharedLanguageModel
+from recbole_llm_mtl.text.templates import field_strings, multi_hot, render_texts, template_from_config
+
+logger = logging.getLogger(__name__)
+
+
+class TextEncoder:
+    """The shared language model plus the content-keyed vector cache: one ``encode`` for
+    item texts, user texts and anything else, timed in ``seconds``."""
+
+    def __init__(self, config, lm):
+        self.lm = lm
+        self.cache = VectorCache(config["text_cache_dir"]) if config["text_cache_dir"] else None
+        self.batch_tokens = config["llm_batch_tokens"]
+        self.show_progress = config["show_progress"]
+        self.seconds = 0.0
+
+    def encode(self, texts, what, max_length=None, cache=True):
+        start = time.perf_counter()
+        encode = lambda t: self.lm.encode(t, self.batch_tokens, self.show_progress and len(t) > 256,
+                                          desc=f"Encoding {what} text", max_length=max_length)
+        identity = self.lm.cache_identity(max_length)
+        store = self.cache if cache else None
+        if is_distributed():
+            vectors, _ = sharded_cached_encode(store, identity, texts, encode)
+        else:
+            vectors, _ = cached_encode(store, identity, texts, encode)
+        self.seconds += time.perf_counter() - start
+        return vectors
+
+
+def standardize(vectors, empty):
+    """Per-dimension standardisation over the items that have text (anisotropic sentence
+    vectors otherwise crowd into a narrow cone); items without text get a zero vector."""
+    n_text = int((~empty).sum())
+    if n_text < 2:
+        raise DataError(f"only {n_text} item(s) have text in item_text_fields: text vectors cannot be "
+                        "standardised; add item text, fix item_text_fields, or set use_text: False")
+    mean, std = vectors[~empty].mean(0), vectors[~empty].std(0).clamp(min=1e-6)
+    return ((vectors - mean) / std).masked_fill(empty.unsqueeze(1), 0.0), mean, std
+
+
+def train_rows(train, seq_field, len_field, item_field):
+    """Each train row as one item sequence (history then target), as numpy arrays."""
+    feat = train.inter_feat
+    seq, lens, target = feat[seq_field].numpy(), feat[len_field].numpy(), feat[item_field].numpy()
+    return [np.r_[s[:n], t] for s, n, t in zip(seq, lens, target)]
+
+
+def seen_items(rows, n_items):
+    seen = torch.zeros(n_items, dtype=torch.bool)
+    if rows:
+        seen[torch.as_tensor(np.concatenate(rows))] = True
+    seen[0] = False
+    return seen
+
+
+def kmeans_labels(points, sizes, seed):
+    """One-hot cluster memberships of ``points`` for each granularity in ``sizes``."""
+    from sklearn.cluster import KMeans
+
+    blocks = []
+    for k in sizes:
+        k = min(int(k), len(points))
+        assign = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(points)
+        blocks.append(np.eye(k, dtype=np.float32)[assign])
+    return np.concatenate(blocks, 1) if blocks else np.zeros((len(points), 0), np.float32)
+
+
+def behavior_clusters(rows, seen, sizes, seed, window=3, dim=32):
+    """Clusters of items by how they are bought together in training sequences: items
+    within ``window`` positions co-occur; a truncated SVD of the normalised co-occurrence
+    matrix embeds them, and k-means at each granularity labels them. Items never seen in
+    training get no label. These labels are collaborative facts the item text lacks."""
+    from scipy.sparse import coo_matrix
+    from sklearn.decomposition import TruncatedSVD
+
+    n_items = len(seen)
+    src, dst = [], []
+    for r in rows:
+        for d in range(1, window + 1):
+            src.append(r[:-d])
+            dst.append(r[d:])
+    if not src or not sizes:
+        return torch.zeros(n_items, 0)
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    co = coo_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(n_items, n_items)).tocsr()
+    co = co + co.T
+    deg = np.asarray(co.sum(1)).ravel() + 1.0
+    norm = co.multiply(1 / np.sqrt(deg)[:, None]).multiply(1 / np.sqrt(deg)[None, :]).tocsr()
+    ids = seen.nonzero().flatten().numpy()
+    dim = max(2, min(dim, len(ids) - 1))
+    emb = TruncatedSVD(n_components=dim, random_state=seed).fit_transform(norm[ids][:, ids])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-9)
+    labels = torch.zeros(n_items, sum(min(int(k), len(ids)) for k in sizes))
+    labels[torch.as_tensor(ids)] = torch.as_tensor(kmeans_labels(emb, sizes, seed))
+    return labels
+
+
+def text_clusters(vectors, empty, sizes, seed):
+    """Semantic labels from the language model itself, for datasets without tags: k-means
+    over the item text vectors at each granularity (items without text get none)."""
+    ids = (~empty).nonzero().flatten()
+    ids = ids[ids > 0]
+    labels = torch.zeros(len(empty), sum(min(int(k), len(ids)) for k in sizes))
+    if len(ids) and sizes:
+        points = F.normalize(vectors[ids], dim=-1).numpy()
+        labels[ids] = torch.as_tensor(kmeans_labels(points, sizes, seed))
+    return labels
+
+
+class TextFeatures:
+    """Item text vectors, user texts, the training-item set and task labels (see module doc).
+
+    ``train`` is the train split: features are built from it and from the item/user files
+    (text is not an interaction), never from valid or test rows."""
+
+    def __init__(self, config, train):
+        started = time.perf_counter()
+        self.n_items = train.item_num
+        seq_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
+        rows = train_rows(train, seq_field, config["ITEM_LIST_LENGTH_FIELD"], config["ITEM_ID_FIELD"])
+        self.seen = seen_items(rows, self.n_items)
+        self.use_text = config["use_text"]
+        self.trainable = config["llm_mode"] != "frozen"
+        user_template = template_from_config(config["user_text_fields"] or [], config["user_text_template"])
+        self.use_user_text = bool(config["user_text"]) and (self.use_text or bool(user_template))
+        need_llm = self.use_text or self.use_user_text
+        self.lm = SharedLanguageModel.from_config(config, self.trainable) if need_llm else None
+        self.text_dim = self.lm.hidden_size if self.lm is not None else 0
+        self.encoder = TextEncoder(config, self.lm) if self.lm is not None else None
+
+        # ---- item text ----
+        self.item_texts = None
+        self.item_text = self.item_text_empty = self.text_mean = self.text_std = None
+        if self.use_text:
+            if not config["item_text_fields"]:
+                raise ConfigError("item_text_fields is not set: list the item fields to read as text "
+                                  "in the dataset YAML (or set use_text: False)")
+            template = template_from_config(config["item_text_fields"], config["item_text_template"])
+            texts, n_empty = render_texts(train, train.item_feat, template, config["text_separator"], "item")
+            if n_empty:
+                logger.info(f"{n_empty} of {len(texts) - 1} items have no text; they use a zero text vector")
+            vectors = self.encoder.encode(texts, "item")
+            self.item_texts = texts
+            self.item_text_empty = torch.tensor([not t for t in texts])
+            self.item_text, self.text_mean, self.text_std = standardize(vectors, self.item_text_empty)
+
+        # ---- user text: profile, own reviews and recent history, per position ----
+        self.user_texts = None
+        if self.use_user_text:
+            titles = self._item_titles(config, train)
+            self.user_texts = UserTexts(config, train, titles, user_template, self.encoder)
+            self.user_texts.prepare(rows_of=train)
+
+        # ---- semantic labels of items, for the auxiliary tasks ----
+        seed = config["seed"]
+        tags, self.tag_names = multi_hot(train, train.item_feat, config["tag_fields"] or [],
+                                         config["tag_min_count"], config["tag_max_share"]) \
+            if train.item_feat is not None else (torch.zeros(self.n_items, 0), [])
+        if tags.size(1) == 0 and self.use_text and config["text_clusters"]:
+            tags = text_clusters(self.item_text, self.item_text_empty, config["text_clusters"], seed)
+            self.tag_names = [f"text-cluster-{k}" for k in range(tags.size(1))]
+            logger.info(f"no item tags: {tags.size(1)} semantic labels from k-means over the text vectors "
+                        f"(granularities {list(config['text_clusters'])})")
+        self.content_labels = tags
+        self.behavior_labels = behavior_clusters(rows, self.seen, config["behavior_clusters"] or [], seed)
+        self.seconds = time.perf_counter() - started
+
+    @staticmethod
+    def _item_titles(config, dataset):
+        """The first item text field, as the short name of an item in user text."""
+        fields = config["item_text_fields"] or []
+        if not fields or dataset.item_feat is None or fields[0] not in dataset.item_feat.columns:
+            return None
+        return field_strings(dataset, dataset.item_feat, fields[0])
+
+    @property
+    def item_labels(self):
+        """Content labels (tags or text clusters) then behaviour clusters, per item."""
+        return torch.cat([self.content_labels, self.behavior_labels], dim=1)
+
+    @property
+    def text_seconds(self):
+        return self.encoder.seconds if self.encoder is not None else 0.0

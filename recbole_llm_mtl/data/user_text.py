@@ -1,0 +1,158 @@
+"""The user's text at each position of a history, read by the shared language model.
+
+At position ``p`` of a history (the model then predicts the item after ``p``), the user's
+text combines, when the dataset has them:
+
+* profile fields (``user_text_fields``), e.g. "Age 24. gender M. occupation: technician";
+* the titles of the last ``user_history_items`` items up to and including ``p``, most
+  recent first ("Recently: <title p>; <title p-1>; ...");
+* the user's own review texts of those items (a ``<dataset>.review`` atomic file: user,
+  item, timestamp, text), only reviews written before the time of the item after ``p``.
+
+So the text at a position holds only what happened before the item that position predicts,
+in training exactly as at validation, test and serving: one function (:meth:`UserTexts.key`)
+decides it everywhere. Texts are identified by a key (user, recent items, reviews used), so
+equal texts are encoded once; the keys of every training position are encoded in one
+length-sorted, content-cached pass before training, and keys first met at evaluation or
+serving (a valid/test row's last position) are encoded when first needed.
+"""
+
+import csv
+import logging
+import os
+from collections import defaultdict
+
+import torch
+
+from recbole_llm_mtl.errors import DataError
+from recbole_llm_mtl.text.templates import render_texts
+
+logger = logging.getLogger(__name__)
+
+REVIEW_SNIPPET = 300  # characters of one review kept in user text (the token limit cuts the rest)
+
+
+def load_reviews(path, dataset):
+    """``(user id, item id) -> [(timestamp, text), ...]`` (internal ids, oldest first) from a
+    ``.review`` atomic file; rows of users or items the dataset lacks are skipped."""
+    reviews = defaultdict(list)
+    users = dataset.field2token_id[dataset.uid_field]
+    items = dataset.field2token_id[dataset.iid_field]
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = [h.split(":", 1)[0] for h in next(reader, [])]
+        need = ("user_id", "item_id", "timestamp", "text")
+        missing = [c for c in need if c not in header]
+        if missing:
+            raise DataError(f"{path}: header lacks {missing}; a .review file has columns "
+                            "user_id:token, item_id:token, timestamp:float, text:token_seq")
+        col = [header.index(c) for c in need]
+        for line, row in enumerate(reader, 2):
+            if not row:
+                continue
+            try:
+                user, item, ts, text = (row[c] for c in col)
+                ts = float(ts)
+            except (IndexError, ValueError):
+                raise DataError(f"{path}, line {line}: expected user, item, a numeric timestamp "
+                                f"and text separated by tabs") from None
+            if user in users and item in items and text.strip():
+                reviews[(users[user], items[item])].append((ts, text.strip()[:REVIEW_SNIPPET]))
+    for value in reviews.values():
+        value.sort()
+    return dict(reviews)
+
+
+class UserTexts:
+    """Keys, texts and vectors of user states (see the module doc)."""
+
+    def __init__(self, config, dataset, titles, profile_template, encoder):
+        self.k = int(config["user_history_items"])
+        self.max_length = int(config["user_text_max_length"])
+        self.separator = config["text_separator"]
+        self.titles = titles
+        self.encoder = encoder
+        self.profile = None
+        if profile_template:
+            self.profile, _ = render_texts(dataset, dataset.user_feat, profile_template, self.separator, "user")
+        path = os.path.join(config["data_path"], f"{config['dataset']}.review")
+        self.reviews = load_reviews(path, dataset) if config["user_reviews"] and os.path.isfile(path) else {}
+        if self.reviews:
+            logger.info(f"user text reads {sum(map(len, self.reviews.values()))} review texts from {path}")
+        self.per_user = self.profile is not None or bool(self.reviews)
+        self.uid, self.seq, self.len = config["USER_ID_FIELD"], dataset.item_id_list_field, dataset.item_list_length_field
+        self.time = config["TIME_FIELD"]
+        self.time_list = self.time + config["LIST_SUFFIX"] if self.time in dataset.inter_feat else None
+        self.rows = {}  # key -> row of self.vectors; row 0 is "no text" (padding)
+        self.vectors = torch.zeros(1, encoder.lm.hidden_size)
+
+    # ------------------------------------------------------------------ what a position may read
+    def key(self, user, history, bound):
+        """The text identity at the end of ``history`` (item ids, oldest first), for an item
+        that comes at time ``bound``: nothing at or after ``bound`` and no later item."""
+        recent = tuple(history[-self.k:][::-1]) if self.titles is not None and self.k else ()
+        reviewed = []
+        for item in history[-self.k:][::-1] if self.reviews else ():
+            written = [k for k, (ts, _) in enumerate(self.reviews.get((user, item), ())) if ts < bound]
+            if written:
+                reviewed.append((item, written[-1]))
+        return (user if self.per_user else 0, recent, tuple(reviewed))
+
+    def text(self, key):
+        user, recent, reviewed = key
+        parts = []
+        if self.profile is not None and self.profile[user]:
+            parts.append(self.profile[user])
+        names = [self.titles[i] for i in recent if self.titles[i]] if recent else []
+        if names:
+            parts.append("Recently: " + "; ".join(names))
+        parts += [f"Review: {self.reviews[(user, item)][k][1]}" for item, k in reviewed]
+        return self.separator.join(parts)
+
+    def position_keys(self, interaction, last_only=False):
+        """``[(row, position, key)]`` for the real positions of a batch (only the last one
+        of each row with ``last_only``, as scoring needs)."""
+        users = interaction[self.uid].tolist()
+        seqs, lens = interaction[self.seq].tolist(), interaction[self.len].tolist()
+        inf = float("inf")
+        times = interaction[self.time_list].tolist() if self.reviews and self.time_list in interaction else None
+        target = interaction[self.time].tolist() if self.reviews and self.time in interaction else None
+        out = []
+        for b, (user, seq, n) in enumerate(zip(users, seqs, lens)):
+            for p in ([n - 1] if last_only else range(n)):
+                if times is None:
+                    bound = inf if target is None else target[b]
+                else:
+                    bound = times[b][p + 1] if p + 1 < n else (target[b] if target is not None else inf)
+                out.append((b, p, self.key(user, seq[: p + 1], bound)))
+        return out
+
+    # ------------------------------------------------------------------ vectors
+    def add(self, keys, what="user", cache=False):
+        """Encode keys not seen yet (one length-sorted pass; ``cache``: through the text cache)."""
+        new = sorted({k for k in keys if k not in self.rows})
+        if not new:
+            return
+        texts = [self.text(k) for k in new]
+        vectors = self.encoder.encode(texts, what, self.max_length, cache=cache)
+        vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        vectors[[not t for t in texts]] = 0.0
+        start = len(self.vectors)
+        self.vectors = torch.cat([self.vectors, vectors])
+        self.rows.update({k: start + i for i, k in enumerate(new)})
+
+    def prepare(self, rows_of):
+        """Encode every training position's text before training (cached by content)."""
+        keys = [k for _, _, k in self.position_keys(rows_of.inter_feat)]
+        self.add(keys, "user", cache=True)
+        logger.info(f"user text: {len(self.rows)} distinct texts for {len(keys)} training positions")
+
+    def lookup(self, interaction, last_only=False):
+        """(B, L) rows into :attr:`vectors` for a batch; unseen keys are encoded now."""
+        found = self.position_keys(interaction, last_only)
+        self.add([k for _, _, k in found])
+        index = torch.zeros(interaction[self.seq].shape, dtype=torch.long)
+        if found:
+            b, p, keys = zip(*found)
+            index[list(b), list(p)] = torch.tensor([self.rows[k] for k in keys])
+        return index

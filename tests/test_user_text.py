@@ -1,0 +1,92 @@
+"""User text read by the shared language model: it holds only what happened before the item
+each position predicts (titles and reviews), in training, validation and test alike."""
+
+import os
+import re
+import shutil
+
+import pytest
+import torch
+
+from conftest import build
+
+
+@pytest.fixture(scope="module")
+def review_root(tiny_root, tmp_path_factory):
+    """The slice plus a .review file with a review of EVERY interaction (valid and test ones
+    too, which a converter would never write) and one late review per user, written after
+    all of the user's interactions: the model must filter them itself."""
+    root = tmp_path_factory.mktemp("reviews")
+    shutil.copytree(os.path.join(tiny_root, "amazon"), root / "amazon")
+    lines = ["user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq"]
+    with open(root / "amazon" / "amazon.inter", encoding="utf-8") as f:
+        next(f)
+        first_item = {}
+        for line in f:
+            user, item, ts = line.rstrip("\n").split("\t")
+            first_item.setdefault(user, item)
+            lines.append(f"{user}\t{item}\t{ts}\trvw {user} {item} at {ts}")
+    lines += [f"{u}\t{i}\t100000\tzzlatezz {u} {i}" for u, i in first_item.items()]
+    (root / "amazon" / "amazon.review").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(root)
+
+
+def _titles(model, ids):
+    return [model.user_texts.titles[i] for i in ids if model.user_texts.titles[i]]
+
+
+def _check_rows(model, ds, batch, last_only):
+    """Every position's text against the items and times of its own row."""
+    texts = model.user_texts
+    seqs, lens = batch["item_id_list"].tolist(), batch["item_length"].tolist()
+    times, targets, users = batch["timestamp_list"].tolist(), batch["timestamp"].tolist(), batch["user_id"].tolist()
+    items = batch["item_id"].tolist()
+    checked = 0
+    for b, p, key in texts.position_keys(batch, last_only):
+        row = seqs[b][: lens[b]] + [items[b]]
+        row_times = times[b][: lens[b]] + [targets[b]]
+        text = texts.text(key)
+        allowed = set(_titles(model, row[: p + 1]))
+        for later in _titles(model, row[p + 1:]):
+            assert later in allowed or later not in text, f"a later item's title reached position {p}: {text!r}"
+        bound = row_times[p + 1]
+        raw_user = ds.id2token("user_id", users[b])
+        assert "zzlatezz" not in text, f"a review written after the predicted item reached the input: {text!r}"
+        history = {ds.id2token("item_id", i) for i in row[: p + 1]}
+        for user, item, ts in re.findall(r"rvw (\S+) (\S+) at (\S+)", text):
+            assert user == raw_user and item in history and float(ts) < bound, \
+                f"review of {item} at {ts} reached position {p} (next item at {bound})"
+        checked += 1
+    return checked
+
+
+def test_user_text_holds_only_the_past(review_root, cache_dir):
+    config, train, valid, test, model = build("LLMMTL", review_root, cache_dir)
+    assert model.user_texts is not None and model.user_texts.reviews
+    ds = train._dataset
+    n = sum(_check_rows(model, ds, batch, last_only=False) for batch in list(train)[:3])
+    for loader in (valid, test):
+        n += sum(_check_rows(model, ds, batch[0], last_only=True) for batch in list(loader)[:2])
+    assert n > 500
+    # the texts really do carry reviews and titles (a check that could not fail otherwise)
+    sample = [model.user_texts.text(k) for k in list(model.user_texts.rows)[:200]]
+    assert any("Review: rvw" in t for t in sample) and all(t.startswith("Recently: ") for t in sample)
+
+
+def test_query_reads_user_text(tiny_root, cache_dir):
+    """H_u, and so the score, moves with the user-text vector of the scored position."""
+    _, _, valid, _, model = build("LLMMTL", tiny_root, cache_dir)
+    model.eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.profile.text_proj.weight)
+        batch = next(iter(valid))[0]
+        before = model.full_sort_predict(batch)
+        model.user_texts.vectors[1:] = torch.randn_like(model.user_texts.vectors[1:])
+        after = model.full_sort_predict(batch)
+    assert not torch.allclose(before, after)
+
+
+def test_user_text_off_builds_no_table(tiny_root, cache_dir):
+    _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, user_text=False)
+    assert model.user_texts is None and model.profile.text_proj is None
+    assert all(torch.isfinite(loss) for loss in model.calculate_loss(next(iter(train))))

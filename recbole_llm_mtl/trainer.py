@@ -243,6 +243,9 @@ class CheckpointMixin:
 
 def make_trainer(config, model):
     """RecBole's trainer for this model type, with our checkpointing mixed in."""
+    from recbole_llm_mtl.build import recbole_warnings_filtered
+
     base = get_trainer(config["MODEL_TYPE"], config["model"])
     cls = type(base.__name__, (CheckpointMixin, base), {"__module__": __name__})
-    return cls(config, model)
+    with recbole_warnings_filtered():
+        return cls(config, model)

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 
+from conftest import tiny_overrides
 from recbole_llm_mtl.build import load_dataset
 from recbole_llm_mtl.config import build_config, get_model_class
 from recbole_llm_mtl.errors import DataError
@@ -142,18 +143,16 @@ def test_numeric_text_is_the_raw_value(root, normalize):
     assert "Price" not in texts[ids[1]] and "Price" not in texts[ids[3]]
 
 
-def test_recbole_future_warnings_do_not_reach_the_user(tiny_root, tmp_path):
+def test_recbole_future_warnings_do_not_reach_the_user(tiny_root, cache_dir, workdir):
     """pandas/torch FutureWarnings raised inside RecBole (fillna(inplace=True), GradScaler)
     reached the terminal on every run and recommend call; they are filtered where we call
     RecBole, and a FutureWarning of our own still shows."""
-    from recbole_llm_mtl.build import build, recbole_warnings_filtered
-    from recbole_llm_mtl.trainer import make_trainer
+    from recbole_llm_mtl.build import recbole_warnings_filtered
+    from recbole_llm_mtl.quick_start import run
 
-    config = build_config("BPR", "amazon", config_dict={"data_path": tiny_root, "state": "ERROR",
-                                                        "checkpoint_dir": str(tmp_path)})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        make_trainer(config, build(config).model)
+        run("BPR", "amazon", config_dict=tiny_overrides(tiny_root, cache_dir))
         with recbole_warnings_filtered():
             warnings.warn("ours", FutureWarning)
     future = [str(w.message)[:80] for w in caught if issubclass(w.category, FutureWarning)]

@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from recbole_llm_mtl.errors import ConfigError, LLMMTLError
+from recbole_llm_mtl.errors import ConfigError, LLMMTLError, report
 
 SIGNALS = ("behaviour", "profile", "reasoning")
 # state-dict entries with one row per item / per user, in the internal-id order of the data
@@ -365,8 +365,7 @@ def main(argv=None):
             result = rec.recommend(users, args.topk, exclude_seen=not args.include_seen)
         elapsed = time.perf_counter() - start
     except (LLMMTLError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     if args.json:
         print(json.dumps(result, indent=1, ensure_ascii=False))
     else:

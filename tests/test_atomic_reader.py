@@ -60,9 +60,9 @@ def test_unclosed_quote_is_read_as_text(root):
     item = root / "amazon" / "amazon.item"
     lines = _lines(item)
     rows = [line.split("\t") for line in lines[1:]]
-    rows[-1][1] = 'Ruler 12" steel'
+    rows[-1][1] = '"Ruler 12 steel'
     _write(item, lines[:1] + ["\t".join(r) for r in rows])
-    assert _title(_dataset(root), rows[-1][0]) == 'Ruler 12" steel'
+    assert _title(_dataset(root), rows[-1][0]) == '"Ruler 12 steel'
 
 
 def test_utf8_bom_is_dropped(root):

@@ -111,10 +111,10 @@ def test_reordered_rows_give_identical_recommendations(checkpoint, edit_data):
         _write_rows(edit_data / name, header, rows)
     rec = Recommender(checkpoint)
     after = rec.recommend(users, topk=10)
-    assert rec.notes == []  # the data fingerprint ignores row order
     for b, a in zip(before, after):
         assert [r["item"] for r in a["recommendations"]] == [r["item"] for r in b["recommendations"]]
         assert [r["score"] for r in a["recommendations"]] == pytest.approx([r["score"] for r in b["recommendations"]], abs=1e-3)
+    assert rec.notes == []  # the data fingerprint ignores row order
 
 
 def test_changed_data_is_named_and_new_items_are_scored_from_text(checkpoint, edit_data):

@@ -12,7 +12,6 @@ training time).
 
 import argparse
 import csv
-import glob
 import json
 import os
 import platform

@@ -6,28 +6,40 @@ as training built it: construction-time facts (the training-item softmax, task t
 text statistics) never see valid or test interactions.
 """
 
+import warnings
 from collections import namedtuple
+from contextlib import contextmanager
 
-from recbole.data import create_dataset, data_preparation
-from recbole.data.dataset import SequentialDataset
+from recbole.data import data_preparation
 from recbole.utils import ModelType, init_seed
 
 from recbole_llm_mtl.config import build_config, get_model_class
-from recbole_llm_mtl.data.dataset import with_cold_items
+from recbole_llm_mtl.data.dataset import recbole_dataset_class, with_atomic_reader, with_cold_items
 from recbole_llm_mtl.errors import ConfigError
 
 Built = namedtuple("Built", "config dataset train valid test model")
 
 
+@contextmanager
+def recbole_warnings_filtered():
+    """Hide the FutureWarnings RecBole 1.2.1 triggers in pandas and torch (``fillna(...,
+    inplace=True)``, ``torch.cuda.amp.GradScaler``) on every run: the user can do nothing
+    about them. Only FutureWarnings attributed to ``recbole.*`` modules are hidden."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+        yield
+
+
 def load_dataset(config, model_class):
-    """The model's own dataset class if it declares one, else RecBole's choice; with
-    ``cold_item_ratio`` > 0 (sequential models), the cold-start protocol on top."""
-    dataset_class = getattr(model_class, "dataset_class", None)
+    """The model's own dataset class if it declares one, else the one RecBole picks; with
+    ``cold_item_ratio`` > 0 (sequential models), the cold-start protocol on top. Every class
+    reads its files with our atomic-file reader (no pickled dataset is ever loaded)."""
+    dataset_class = getattr(model_class, "dataset_class", None) or recbole_dataset_class(config)
     if config["cold_item_ratio"]:
         if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
             raise ConfigError("cold_item_ratio is implemented for sequential models only")
-        return with_cold_items(dataset_class or SequentialDataset)(config)
-    return dataset_class(config) if dataset_class else create_dataset(config)
+        dataset_class = with_cold_items(dataset_class)
+    return with_atomic_reader(dataset_class)(config)
 
 
 def build(config, log=None):
@@ -35,10 +47,11 @@ def build(config, log=None):
     ``config``. ``log`` (a logger), if given, records the dataset and the model."""
     model_class = get_model_class(config["model"])
     init_seed(config["seed"], config["reproducibility"])
-    dataset = load_dataset(config, model_class)
-    if log:
-        log.info(dataset)
-    train, valid, test = data_preparation(config, dataset)
+    with recbole_warnings_filtered():
+        dataset = load_dataset(config, model_class)
+        if log:
+            log.info(dataset)
+        train, valid, test = data_preparation(config, dataset)
     if hasattr(type(train._dataset), "text_features"):
         train._dataset.text_features  # text vectors, user texts, task targets: from the train split
     # each rank of a multi-process run draws its own dropout masks

@@ -1,5 +1,7 @@
 """Errors raised for bad user input. The CLI prints their message, not a traceback."""
 
+import sys
+
 
 class LLMMTLError(Exception):
     """Base class: the message says what is wrong, where, and how to fix it."""
@@ -19,3 +21,9 @@ class CacheError(LLMMTLError):
 
 class TrainingError(LLMMTLError):
     """Training cannot go on (e.g. a task's loss became NaN/inf)."""
+
+
+def report(error):
+    """Print ``error`` as the one line a command shows for bad input; return exit code 2."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2

@@ -5,7 +5,12 @@
     python -m recbole_llm_mtl.recommend --checkpoint ... --item-text "Nitrile gloves, Brand: Acme" --topk 5
 
 A user's history is everything the dataset holds for them (train, valid and test), so
-this is "what next" after their latest interaction. Reasons come from the model's own
+this is "what next" after their latest interaction; items the user already has are left
+out (``--include-seen`` keeps them). Scores are the model's logits (cosine similarity over
+the temperature with the default scorer): higher is better, and their differences show how
+far apart items are (the sigmoid of a logit is the model's output, which saturates near 1).
+The checkpoint carries the user and item ids it was trained with: weights are mapped to
+the current data by id, and what changed since training is printed as ``note:`` lines. Reasons come from the model's own
 signals: the history item whose H_v is closest to the recommended item, and which part
 of the user query (behaviour H_a, profile H_u, or the MLP's reasoning term) contributes
 most to the score.
@@ -19,15 +24,63 @@ import time
 import torch
 import torch.nn.functional as F
 
-from recbole_llm_mtl.errors import ConfigError, LLMMTLError
+from recbole_llm_mtl.errors import ConfigError, LLMMTLError, report
 
 SIGNALS = ("behaviour", "profile", "reasoning")
+# state-dict entries with one row per item / per user, in the internal-id order of the data
+# the checkpoint was trained on: they are remapped by external id
+ITEM_ROWS = ("item_embedding.weight", "item_text")
+USER_ROWS = ()  # user texts are rebuilt from the current data, not stored weights
+# auxiliary-task tags and heads: their size follows the data's tag vocabulary and they
+# play no part in scoring, so the model built from the current data keeps its own
+TASK_ONLY = ("tasks.user_profile.", "tasks.item_semantics.")
+
+
+def _plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def row_map(saved_tokens, tokens):
+    """For each current internal id, the checkpoint's row for the same external id (-1: new)."""
+    saved = {t: k for k, t in enumerate(saved_tokens)}
+    return torch.tensor([saved.get(t, -1) for t in tokens], dtype=torch.long)
+
+
+def take_rows(saved, index, fill):
+    """``fill`` with the rows of ``saved`` that ``index`` points to (-1 keeps ``fill``)."""
+    out = fill.clone()
+    known = index >= 0
+    out[known] = saved[index[known]].to(out.dtype)
+    return out
+
+
+def data_changes(saved, current):
+    """What differs between the fingerprints of the files read at training and now."""
+    changes = []
+    for name in sorted(set(saved) | set(current)):
+        was, now = saved.get(name), current.get(name)
+        if was == now:
+            continue
+        if was is None or now is None:
+            changes.append(f"{name} was {'not ' if was is None else ''}read at training")
+        elif was["rows"] != now["rows"]:
+            changes.append(f"{name} has {now['rows']} rows (was {was['rows']})")
+        else:
+            changes.append(f"{name} has other content (same number of rows)")
+    return changes
 
 
 class Recommender:
-    """A loaded checkpoint plus each user's full history, ready to score."""
+    """A loaded checkpoint plus each user's full history, ready to score.
 
-    def __init__(self, checkpoint):
+    The model is built from the current data files (as training built it) and the
+    checkpoint's weights are loaded into it remapped by external user/item id, so reordered
+    rows change nothing; items new in ``.item`` are scored from their text (when the model
+    reads text); ``notes`` says what no longer matches the data the checkpoint saw.
+    ``data_path`` serves with the dataset in another folder than the one it was trained on.
+    """
+
+    def __init__(self, checkpoint, data_path=None):
         from recbole_llm_mtl.build import build
         from recbole_llm_mtl.config import build_config
         from recbole_llm_mtl.trainer import load_checkpoint
@@ -39,18 +92,111 @@ class Recommender:
         saved = {k: v for k, v in state["config_input"].items() if k not in ("model", "config_files")}
         dataset = saved.pop("dataset")
         saved.update({"show_progress": False, "state": "WARNING"})
+        if data_path:
+            saved["data_path"] = data_path
         config = build_config("LLMMTL", dataset, config_dict=saved)
         built = build(config)  # as run() built it: from the train split
         self.data, self.model, test = built.dataset, built.model, built.test
-        self.model.load_state_dict(state["state_dict"])
+        self.config, self.notes = config, []
+        self.candidates = torch.ones(self.data.item_num, dtype=torch.bool)
+        self.candidates[0] = False  # padding
+        self._new_items = torch.zeros(0, dtype=torch.long)
+        self._load(checkpoint, state)
         self.model.eval()
-        self.config = config
+        self._score_new_items()
         self._histories(test._dataset.inter_feat)
+        self._seen_items()
         self.titles = self._titles()
         with torch.no_grad():
             self.h_v = self.model.item_representations()
             self.items = self.model.scorer.items(self.h_v)
 
+    # ------------------------------------------------------------------ loading
+    def _load(self, checkpoint, state):
+        ids = state.get("data")
+        if ids is None:
+            self.notes.append("the checkpoint predates stored ids: its rows are assumed to follow the "
+                              "current files' order (retrain to serve changed data safely)")
+            weights = state["state_dict"]
+        else:
+            weights = self._remap(state["state_dict"], ids)
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ConfigError(f"checkpoint '{checkpoint}' does not fit the model built from its config and "
+                              f"the current data ({str(e).splitlines()[-1].strip()[:200]}); retrain") from None
+
+    def _remap(self, weights, ids):
+        """The checkpoint's weights in the current data's internal-id order."""
+        ds, current = self.data, self.model.state_dict()
+        items = row_map(ids["item_tokens"], ds.field2id_token[ds.iid_field])
+        users = row_map(ids["user_tokens"], ds.field2id_token[ds.uid_field])
+        out = {k: v for k, v in weights.items() if not k.startswith(TASK_ONLY)}
+        out.update({k: v for k, v in current.items() if k.startswith(TASK_ONLY)})
+        for keys, index in ((ITEM_ROWS, items), (USER_ROWS, users)):
+            for key in keys:
+                if key in out:
+                    fill = torch.zeros_like(current[key]) if key in ITEM_ROWS else current[key]
+                    out[key] = take_rows(out[key], index, fill)
+        self._note_changes(ids, items, users)
+        self._new_items = torch.nonzero(items < 0).flatten()  # padding maps to padding
+        return out
+
+    def _note_changes(self, ids, items, users):
+        missing_users = len(ids["user_tokens"]) - int((users > 0).sum()) - 1
+        missing_items = len(ids["item_tokens"]) - int((items > 0).sum()) - 1
+        if missing_users or missing_items:
+            parts = [_plural(n, w) for n, w in ((missing_users, "user"), (missing_items, "item")) if n]
+            self.notes.append(f"{' and '.join(parts)} of the checkpoint {'is' if missing_users + missing_items == 1 else 'are'} "
+                              "missing from the data")
+        new_users = int((users[1:] < 0).sum())
+        if new_users:
+            self.notes.append(f"{_plural(new_users, 'user')} of the data {'is' if new_users == 1 else 'are'} "
+                              "new since training (served from their history)")
+        changes = data_changes(ids.get("fingerprint", {}), getattr(self.data, "data_fingerprint", {}))
+        if changes:
+            self.notes.append("data changed since training: " + "; ".join(changes))
+
+    def _titles(self):
+        ds, fields = self.data, self.config["item_text_fields"] or []
+        from recbole_llm_mtl.text.templates import field_strings
+
+        if not fields or ds.item_feat is None:
+            return [str(t) for t in ds.field2id_token[ds.iid_field]]
+        return field_strings(ds, ds.item_feat, fields[0])
+
+    # ------------------------------------------------------------------ new items
+    def _item_texts(self):
+        from recbole_llm_mtl.text.templates import render_texts, template_from_config
+
+        template = template_from_config(self.config["item_text_fields"], self.config["item_text_template"])
+        return render_texts(self.data, self.data.item_feat, template, self.config["text_separator"], "item")[0]
+
+    def encode_texts(self, texts):
+        """Text vectors of new items, standardised as the model's own item text vectors, from
+        the checkpoint's own language model (its fine-tuned one in lora/full mode)."""
+        return self.model.encode_new_items(list(texts))
+
+    def _score_new_items(self):
+        """Items new in ``.item`` get their text vector (and no ID embedding); without text
+        they cannot be scored and are left out."""
+        new = self._new_items
+        if not len(new):
+            return
+        texts = self._item_texts() if self.model.use_text else [""] * self.data.item_num
+        has_text = torch.tensor([bool(texts[i]) for i in new.tolist()], dtype=torch.bool)
+        scored = new[has_text]
+        if len(scored):
+            self.model.item_text[scored] = self.encode_texts([texts[i] for i in scored.tolist()])
+            self.notes.append(f"{_plural(len(scored), 'item')} new since training {'is' if len(scored) == 1 else 'are'} "
+                              "scored from text alone")
+        left_out = new[~has_text]
+        if len(left_out):
+            self.candidates[left_out] = False
+            self.notes.append(f"{_plural(len(left_out), 'item')} new since training "
+                              f"{'has' if len(left_out) == 1 else 'have'} no text the model can read: left out")
+
+    # ------------------------------------------------------------------ users
     def _histories(self, test_feat):
         """Full sequence per user: the test row's history plus its target, last L items."""
         model, L = self.model, self.model.max_seq_length
@@ -64,13 +210,20 @@ class Recommender:
         self.row_of_user = {u: r for r, u in enumerate(test_feat[model.USER_ID].tolist())}
         self.user_ids = test_feat[model.USER_ID]
 
-    def _titles(self):
-        ds, fields = self.data, self.config["item_text_fields"] or []
-        from recbole_llm_mtl.text.templates import field_strings
+    def _seen_items(self):
+        """Sorted user * n_items + item keys of every interaction in the data: each target of
+        the (augmented) rows, and each history item (a user's first item is only there)."""
+        feat, m, n = self.data.inter_feat, self.model, self.data.item_num
+        users, targets, seqs = feat[m.USER_ID], feat[m.ITEM_ID], feat[m.ITEM_SEQ]
+        in_seq = seqs > 0
+        keys = torch.cat([users * n + targets, (users.unsqueeze(1) * n + seqs)[in_seq]])
+        self._seen = torch.unique(keys)
 
-        if not fields or ds.item_feat is None:
-            return [str(t) for t in ds.field2id_token[ds.iid_field]]
-        return field_strings(ds, ds.item_feat, fields[0])
+    def seen(self, uid):
+        """Internal ids of the items user ``uid`` has interacted with."""
+        n = self.data.item_num
+        lo, hi = torch.searchsorted(self._seen, torch.tensor([uid * n, (uid + 1) * n])).tolist()
+        return self._seen[lo:hi] - uid * n
 
     def user_row(self, raw_user):
         ds = self.data
@@ -92,15 +245,25 @@ class Recommender:
         gather = lambda x: x.gather(1, pick).squeeze(1)
         return gather(h_a), gather(h_u), gather(q)
 
+    # ------------------------------------------------------------------ scoring
+    def check_topk(self, topk, limit, what):
+        if not 1 <= topk <= limit:
+            raise ConfigError(f"--topk {topk} is out of range: give 1 to {limit} ({what})")
+
     @torch.no_grad()
     def recommend(self, raw_users, topk=10, exclude_seen=True):
+        """Top ``topk`` items per user by the model's logit (higher is better; sigmoid of it
+        is the model's output). Every item in the user's data is left out unless
+        ``exclude_seen`` is False; a user with fewer unseen items gets fewer."""
+        n_candidates = int(self.candidates.sum())
+        self.check_topk(topk, n_candidates, "the items this checkpoint can score")
         rows = torch.tensor([self.user_row(u) for u in raw_users])
         h_a, h_u, q = self._queries(rows)
-        scores = torch.sigmoid(self.model.scorer.logits(q, self.items).double())
-        scores[:, 0] = -1
+        scores = self.model.scorer.logits(q, self.items).double()
+        scores[:, ~self.candidates] = float("-inf")
         if exclude_seen:
             for r, row in enumerate(rows.tolist()):
-                scores[r, self.seq[row, : self.lens[row]]] = -1
+                scores[r, self.seen(int(self.user_ids[row]))] = float("-inf")
         top = torch.topk(scores, topk, dim=1)
         parts = torch.stack([h_a, h_u, q * 0], dim=1)  # (B, 3, d), reasoning filled below
         if self.model.scorer_mode == "mlp":
@@ -111,32 +274,52 @@ class Recommender:
             hist_vecs = F.normalize(self.h_v[history], dim=-1)
             recs = []
             for item, score in zip(top.indices[r].tolist(), top.values[r].tolist()):
+                if score == float("-inf"):
+                    break  # no unseen candidate left for this user
                 v = self.h_v[item]
                 sim = hist_vecs @ F.normalize(v, dim=0)
                 nearest = int(history[int(torch.argmax(sim))])
                 contrib = parts[r] @ v
                 signal = SIGNALS[int(torch.argmax(contrib))]
                 recs.append({"item": self.data.id2token(self.data.iid_field, item), "title": self.titles[item],
-                             "score": round(score, 6), "because_you_bought": self.titles[nearest],
+                             "score": round(score, 4), "because_you_bought": self.titles[nearest],
                              "main_signal": signal})
             out.append({"user": raw_users[r], "recommendations": recs})
         return out
 
     @torch.no_grad()
     def users_for_new_item(self, text, topk=10):
-        """Rank existing users for an item the model has never seen, from its text alone."""
+        """Rank existing users for an item the model has never seen, from its text alone
+        (encoded by the checkpoint's own language model); scores are logits."""
         m = self.model
-        if not m.use_text:
-            raise ConfigError("this checkpoint was trained without text (use_text: False); it cannot rank new items")
-
-        vec = m.encode_new_items([text])  # the checkpoint's own (fine-tuned) language model
+        self.check_topk(topk, len(self.seq), "the users with a history")
+        vec = self.encode_texts([text])
         item = m.scorer.items(m.item_norm(m.adaptor(vec)))  # text path only: no ID embedding exists
         rows = torch.arange(len(self.seq))
         _, _, q = self._queries(rows)
-        scores = torch.sigmoid(m.scorer.logits(q, item).double()).squeeze(1)
-        top = torch.topk(scores, min(topk, len(scores)))
+        scores = m.scorer.logits(q, item).double().squeeze(1)
+        top = torch.topk(scores, topk)
         return [{"user": self.data.id2token(self.data.uid_field, int(self.user_ids[r])), "score": round(s, 4)}
                 for r, s in zip(top.indices.tolist(), top.values.tolist())]
+
+
+def _read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _print_text(result, new_items):
+    if new_items:
+        for entry in result:
+            print(f"Users for new item {entry['item_text']!r}:")
+            for r in entry["users"]:
+                print(f"  {r['score']:8.3f}  {r['user']}")
+        return
+    for u in result:
+        print(f"Top {len(u['recommendations'])} for user {u['user']}:")
+        for k, r in enumerate(u["recommendations"], 1):
+            print(f"  {k:2d}. {r['score']:8.3f}  {r['title'][:70]}")
+            print(f"        because you bought: {r['because_you_bought'][:60]}  (main signal: {r['main_signal']})")
 
 
 def main(argv=None):
@@ -147,43 +330,34 @@ def main(argv=None):
     parser.add_argument("--item-text", action="append", default=[],
                         help="text of a new item: rank users for it instead (repeatable)")
     parser.add_argument("--items-file", help="file with one new item's text per line")
-    parser.add_argument("--topk", type=int, default=10)
+    parser.add_argument("--topk", type=int, default=10, help="1 to the number of items (users) that can be ranked")
+    parser.add_argument("--include-seen", action="store_true",
+                        help="also recommend items the user already has (left out by default)")
+    parser.add_argument("--data-path", help="folder holding the dataset folder (default: the one trained on)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     try:
-        users = list(args.user)
-        if args.users_file:
-            with open(args.users_file, encoding="utf-8") as f:
-                users += [line.strip() for line in f if line.strip()]
-        new_items = list(args.item_text)
-        if args.items_file:
-            with open(args.items_file, encoding="utf-8") as f:
-                new_items += [line.strip() for line in f if line.strip()]
+        users = list(args.user) + (_read_lines(args.users_file) if args.users_file else [])
+        new_items = list(args.item_text) + (_read_lines(args.items_file) if args.items_file else [])
         if not users and not new_items:
             parser.error("give --user, --users-file, --item-text or --items-file")
-        rec = Recommender(args.checkpoint)
+        if args.topk < 1:
+            raise ConfigError(f"--topk {args.topk} is out of range: give a number from 1")
+        rec = Recommender(args.checkpoint, args.data_path)
+        for note in rec.notes:
+            print(f"note: {note}", file=sys.stderr)
         start = time.perf_counter()
         if new_items:
             result = [{"item_text": t, "users": rec.users_for_new_item(t, args.topk)} for t in new_items]
         else:
-            result = rec.recommend(users, args.topk)
+            result = rec.recommend(users, args.topk, exclude_seen=not args.include_seen)
         elapsed = time.perf_counter() - start
     except (LLMMTLError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     if args.json:
         print(json.dumps(result, indent=1, ensure_ascii=False))
-    elif new_items:
-        for entry in result:
-            print(f"Users for new item {entry['item_text']!r}:")
-            for r in entry["users"]:
-                print(f"  {r['score']:.4f}  {r['user']}")
     else:
-        for u in result:
-            print(f"Top {args.topk} for user {u['user']}:")
-            for k, r in enumerate(u["recommendations"], 1):
-                print(f"  {k:2d}. {r['score']:.6f}  {r['title'][:70]}")
-                print(f"        because you bought: {r['because_you_bought'][:60]}  (main signal: {r['main_signal']})")
+        _print_text(result, new_items)
     print(f"({elapsed * 1000:.1f} ms for {len(result)} request(s) after loading the model)", file=sys.stderr)
     return 0
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from recbole.utils import get_trainer, set_color
 
+from recbole_llm_mtl.build import recbole_warnings_filtered
 from recbole_llm_mtl.errors import ConfigError
 
 CHECKPOINT_FORMAT = "recbole-llm-mtl/checkpoint/1"
@@ -83,6 +84,14 @@ def _atomic_save(state, path):
             os.unlink(tmp)
 
 
+def data_identity(dataset):
+    """External user and item ids in internal-id order, and the fingerprint of the files
+    read: a checkpoint's rows mean nothing without them (internal ids follow row order)."""
+    ids = {f"{what}_tokens": dataset.field2id_token[field].tolist()
+           for what, field in (("user", dataset.uid_field), ("item", dataset.iid_field)) if field}
+    return {**ids, "fingerprint": getattr(dataset, "data_fingerprint", {})}
+
+
 def _to_lists(x):
     return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
 
@@ -133,6 +142,8 @@ class CheckpointMixin:
             "state_dict": self.model.state_dict(),
             "other_parameter": _loadable_other_parameter(self.model),
             "optimizer": self.optimizer.state_dict(),
+            # ids and data fingerprint (a trainer used without fit() has no data to record)
+            "data": data_identity(self._train_data._dataset) if hasattr(self, "_train_data") else None,
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -191,7 +202,8 @@ class CheckpointMixin:
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)
 
-        result = super().fit(train_data, valid_data, verbose, saved, show_progress, after_epoch)
+        with recbole_warnings_filtered():  # RecBole's torch.cuda.amp.GradScaler, every epoch
+            result = super().fit(train_data, valid_data, verbose, saved, show_progress, after_epoch)
         self.fit_seconds = fit_before + time.time() - fit_start
         return result
 
@@ -237,7 +249,8 @@ class CheckpointMixin:
             path = model_file or self.saved_model_file
             self._load_weights(path)
             self.logger.info(f"Loading model structure and parameters from {path}")
-        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+        with recbole_warnings_filtered():
+            return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
     def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
         names = getattr(self.model, "loss_names", None)

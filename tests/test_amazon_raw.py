@@ -92,8 +92,9 @@ def test_official_2023_jsonl_with_malformed_lines(tmp_path):
     assert item == ["P0", "Item 0", "Acme", "Beauty Skin Care", "Soft", "12.5"]
     reviews_out = _rows(tmp_path / "o" / "x.review")
     assert len(reviews_out) == 3 * 2 and reviews_out[0][3] == "t00 great & item 0"
-    with pytest.raises(SystemExit, match="already exist"):
+    with pytest.raises(SystemExit) as e:
         main(["--release", "2023", "--reviews", str(reviews), "--out", str(tmp_path / "o"), "--name", "x"])
+    assert e.value.code == 2
 
 
 def test_official_2018_ratings_and_meta_with_python_literals(tmp_path):
@@ -115,3 +116,45 @@ def test_official_2018_ratings_and_meta_with_python_literals(tmp_path):
 def test_clean_text():
     assert clean_text(["<p>Hello&nbsp;world</p>", "Visit the Acme Store"]) == "Hello world"
     assert clean_text(None) == ""
+
+
+def _ratings(path, rows, opener=open, prefix=""):
+    with opener(path, "wt", encoding="utf-8") as f:
+        f.write(prefix + "".join(f"{i},{u},4.0,{t}\n" for i, u, t in rows))
+
+
+def _convert_2018(tmp_path, ratings):
+    return main(["--release", "2018", "--ratings", str(ratings), "--out", str(tmp_path / "o"), "--name", "z"])
+
+
+def test_nan_and_inf_timestamps_are_dropped_and_counted(tmp_path):
+    """They were written to .inter (the inf row became that user's test item)."""
+    rows = [(f"I{i}", "U1", 1400000000 + i) for i in range(4)] + [("I9", "U1", "inf"), ("I8", "U1", "nan")]
+    _ratings(tmp_path / "r.csv", rows)
+    summary = _convert_2018(tmp_path, tmp_path / "r.csv")
+    assert summary["rows with a nan/inf timestamp"] == 2 and summary["interactions"] == 4
+    assert {r[1] for r in _rows(tmp_path / "o" / "z.inter")} == {"I0", "I1", "I2", "I3"}
+
+
+def test_bom_is_read_as_text_start(tmp_path):
+    """A BOM glued itself to the first item id."""
+    _ratings(tmp_path / "r.csv", [("I0", "U1", 1400000000), ("I1", "U1", 1400000001)], prefix="\ufeff")
+    _convert_2018(tmp_path, tmp_path / "r.csv")
+    assert [r[1] for r in _rows(tmp_path / "o" / "z.inter")] == ["I0", "I1"]
+
+
+@pytest.mark.parametrize("fault", ["truncated", "plain"])
+def test_broken_gz_is_one_line_exit_2(tmp_path, capsys, fault):
+    """A truncated .gz (EOFError) or a plain file named .gz (BadGzipFile) were tracebacks."""
+    path = tmp_path / "r.csv.gz"
+    _ratings(path, [(f"I{i}", f"U{i % 50}", 1400000000 + i) for i in range(5000)],
+             opener=gzip.open if fault == "truncated" else open)
+    if fault == "truncated":
+        path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(SystemExit) as e:
+        _convert_2018(tmp_path, path)
+    err = capsys.readouterr().err.strip()
+    line = err[err.index("error: "):]  # after the progress bar
+    assert e.value.code == 2 and line.startswith(f"error: {path}") and "\n" not in line and "Traceback" not in err
+    assert ("truncated" if fault == "truncated" else "not a valid gzip file") in line
+    assert not (tmp_path / "o").exists() or not os.listdir(tmp_path / "o")

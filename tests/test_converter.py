@@ -51,5 +51,6 @@ def test_convert_refuses_to_overwrite(tmp_path):
 def test_convert_missing_source_is_clear(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
-    assert "Scientific.text" in str(e.value) and "--src" in str(e.value)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Scientific.text" in err and "--src" in err
     assert not (tmp_path / "out").exists()

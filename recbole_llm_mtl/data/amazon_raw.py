@@ -33,16 +33,19 @@ import csv
 import gzip
 import html
 import json
+import math
 import os
 import re
 import sys
 import tempfile
+import zlib
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
 from recbole_llm_mtl.data.atomic import write_atomic_files
-from recbole_llm_mtl.errors import DataError
+from recbole_llm_mtl.errors import DataError, report
 
 _TAG = re.compile(r"<[^>]+>")
 _WS = re.compile(r"\s+")
@@ -60,11 +63,25 @@ def clean_text(value):
     return _WS.sub(" ", text).strip()
 
 
+def _unreadable(path, error):
+    if isinstance(error, EOFError):
+        return f"{path} ends before the end of its gzip stream (truncated download?); download it again"
+    return f"{path} is not a valid gzip file ({error}); decompress it again, or drop the .gz from its name " \
+           "if it is plain text"
+
+
+@contextmanager
 def _open(path):
+    """A text file, ``.gz`` or plain, without the BOM some tools write; a truncated or
+    fake ``.gz`` stops with the file's name whenever it is read."""
     if not os.path.isfile(path):
         raise DataError(f"input file '{path}' not found")
-    return gzip.open(path, "rt", encoding="utf-8", errors="replace") if path.endswith(".gz") else \
-        open(path, encoding="utf-8", errors="replace")
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
+            yield f
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(_unreadable(path, e)) from None
 
 
 def _records(path, stats, what):
@@ -103,7 +120,10 @@ def _num(x):
 
 
 def _seconds(ts):
+    """Seconds of a raw timestamp; None for nan/inf (such a row has no place in a sequence)."""
     ts = float(ts)
+    if not math.isfinite(ts):
+        return None
     return ts / 1000.0 if ts > 1e11 else ts  # 2023 uses milliseconds, 2018 seconds
 
 
@@ -114,7 +134,11 @@ def _review_fields(rec, r):
     ts = r.get("timestamp") or r.get("unixReviewTime")
     text = clean_text(" ".join(str(x) for x in (r.get("title") or r.get("summary") or "",
                                                 r.get("text") or r.get("reviewText") or "") if x))
-    return user, item, (_seconds(ts) if ts is not None else None), r.get("rating", r.get("overall")), text
+    try:
+        seconds = _seconds(ts) if ts is not None else None
+    except (TypeError, ValueError):
+        seconds = None
+    return user, item, seconds, r.get("rating", r.get("overall")), text
 
 
 def _reviews(path, stats):
@@ -133,6 +157,13 @@ def _csv_rows(path, what):
         yield from tqdm(csv.DictReader(f), desc=f"reading {what}", unit=" rows", mininterval=1, leave=False)
 
 
+def _add_row(rows, stats, user, item, rating, seconds):
+    if seconds is None:
+        stats["rows with a nan/inf timestamp"] += 1
+    else:
+        rows.append((user, item, rating, seconds))
+
+
 def read_interactions(args, stats):
     """(user, item, rating, seconds) tuples from the given inputs; review texts are not
     kept here (they are streamed to the output later, see :func:`write_reviews`)."""
@@ -141,7 +172,8 @@ def read_interactions(args, stats):
         for split in ("train", "valid", "test"):
             for rec in _csv_rows(f"{args.splits}.{split}.csv", f"{split} split"):
                 try:
-                    rows.append((rec["user_id"], rec["parent_asin"], float(rec["rating"]), _seconds(rec["timestamp"])))
+                    _add_row(rows, stats, rec["user_id"], rec["parent_asin"], float(rec["rating"]),
+                             _seconds(rec["timestamp"]))
                 except (KeyError, ValueError, TypeError):
                     stats["malformed split rows"] += 1
     elif args.ratings:
@@ -149,7 +181,7 @@ def read_interactions(args, stats):
             for row in tqdm(csv.reader(f), desc="reading ratings", unit=" rows", mininterval=1, leave=False):
                 try:
                     item, user, rating, ts = row[:4]
-                    rows.append((user, item, float(rating), _seconds(ts)))
+                    _add_row(rows, stats, user, item, float(rating), _seconds(ts))
                 except ValueError:
                     stats["malformed rating rows"] += 1
     elif args.reviews:
@@ -299,7 +331,7 @@ def main(argv=None):
     try:
         summary = convert(args)
     except DataError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(report(e))
     for key, value in summary.items():
         print(f"{key}: {value:,}")
     return summary

@@ -18,6 +18,7 @@ import sys
 from collections import defaultdict
 
 from recbole_llm_mtl.data.atomic import DataError, write_atomic_files
+from recbole_llm_mtl.errors import report
 
 ROOT_CATEGORY = "Industrial & Scientific"
 _WS = re.compile(r"\s+")
@@ -150,7 +151,7 @@ def main(argv=None):
     try:
         stats = convert(args.src, args.out, args.name, args.overwrite)
     except DataError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(report(e))
     print(", ".join(f"{k}: {v:,}" for k, v in stats.items()))
 
 

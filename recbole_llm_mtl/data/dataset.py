@@ -1,8 +1,17 @@
-"""RecBole dataset for models trained on every position of a sequence at once."""
+"""RecBole datasets: our atomic-file reader for every dataset class, all-position training
+rows for causal models, and the cold-start protocol."""
+
+import importlib
+import os
 
 import numpy as np
+import pandas as pd
 import torch
 from recbole.data.dataset import SequentialDataset
+from recbole.utils import FeatureSource, FeatureType, ModelType
+
+from recbole_llm_mtl.data.validate import read_atomic_file
+from recbole_llm_mtl.errors import DataError
 
 
 def all_position_rows(user_ids, times, window):
@@ -99,3 +108,142 @@ class ColdItemMixin:
 def with_cold_items(dataset_class):
     """``dataset_class`` with the cold-start protocol mixed in."""
     return type(f"Cold{dataset_class.__name__}", (ColdItemMixin, dataset_class), {})
+
+
+def _float_array(table, field, values):
+    """float64 values of a column; ``""`` is missing (NaN), anything else must parse."""
+    try:
+        return np.asarray([v if v.strip() else "nan" for v in values], dtype=np.float64)
+    except ValueError:
+        for lineno, v in zip(table.lines, values):
+            try:
+                float(v or "nan")
+            except ValueError:
+                raise DataError(f"{table.path}, line {lineno}: {field} value {v!r} is not a number "
+                                "(the column is typed float in the header)") from None
+        raise
+
+
+def _column(table, field, ftype, seq_separator):
+    """A DataFrame column as RecBole's own loader makes it (missing tokens are NaN)."""
+    values = table.column(field)
+    if ftype == FeatureType.FLOAT:
+        return _float_array(table, field, values)
+    if ftype == FeatureType.TOKEN:
+        column = np.array(values, dtype=object)
+        column[column == ""] = np.nan
+        return column
+    if ftype == FeatureType.TOKEN_SEQ:
+        return [np.array([w for w in v.split(seq_separator) if w]) for v in values]
+    return [_float_array(table, field, [w for w in v.split(seq_separator) if w]) for v in values]
+
+
+class AtomicReaderMixin:
+    """Loads every atomic file with :func:`recbole_llm_mtl.data.validate.read_atomic_file`
+    instead of pandas (quotes are ordinary characters, a BOM is dropped, errors name the
+    file and line), and makes RecBole's silent repairs explicit:
+
+    * a missing or non-finite timestamp stops the run (RecBole fills it with the mean,
+      which reorders the user's sequence);
+    * interactions whose item (user) has no ``.item`` (``.user``) row are kept, as items
+      (users) without features, and counted in the log (RecBole drops them);
+    * float fields of ``.item``/``.user`` keep their raw strings in ``raw_values`` (RecBole
+      fills missing floats with the mean and may normalise them): text is rendered from them;
+    * ``data_fingerprint`` holds a row-order-independent hash of every file read, for
+      checkpoints.
+    """
+
+    def _load_feat(self, filepath, source):
+        load_col, unload_col = self._get_load_and_unload_col(source)
+        if load_col == set():
+            return None
+        table = read_atomic_file(filepath, self.config["encoding"] or "utf-8",
+                                 self.config["field_separator"] or "\t")
+        if not hasattr(self, "data_fingerprint"):
+            self.data_fingerprint = {}
+        self.data_fingerprint[os.path.basename(filepath)] = table.fingerprint()
+        fields = [(n, FeatureType(t)) for n, t in zip(table.names, table.types)
+                  if (load_col is None or n in load_col) and not (unload_col and n in unload_col)]
+        if not fields:
+            self.logger.warning(f"No columns has been loaded from [{source}]")
+            return None
+        sep = self.config["seq_separator"]
+        for field, ftype in fields:
+            self._set_properties(field, ftype, source)
+        df = pd.DataFrame({field: _column(table, field, ftype, sep) for field, ftype in fields})
+        if source == FeatureSource.INTERACTION:
+            self._check_times(table, df)
+        if source in (FeatureSource.ITEM, FeatureSource.USER):
+            self._keep_raw_floats(table, fields, source)
+        for field, ftype in fields:
+            if ftype.value.endswith("seq"):
+                self._limit_seq_len(df, field)
+        return df
+
+    def _set_properties(self, field, ftype, source):
+        """Field type, source and length, as RecBole's loader records them."""
+        if isinstance(source, FeatureSource) or source != "link":
+            self.field2source[field] = source
+            self.field2type[field] = ftype
+            if not ftype.value.endswith("seq"):
+                self.field2seqlen[field] = 1
+            if "float" in ftype.value:
+                self.field2bucketnum[field] = 2
+
+    def _limit_seq_len(self, df, field):
+        seq_len = (self.config["seq_len"] or {}).get(field)
+        longest = max(map(len, df[field].values), default=0)
+        if seq_len:
+            df[field] = [seq[:seq_len] for seq in df[field].values]
+        self.field2seqlen[field] = min(seq_len, longest) if seq_len else longest
+
+    def _check_times(self, table, df):
+        """Stop on missing/NaN/inf timestamps: the order of a sequence comes from them."""
+        if self.time_field not in df:
+            return
+        bad = np.flatnonzero(~np.isfinite(df[self.time_field].to_numpy()))
+        if len(bad):
+            lines = ", ".join(str(table.lines[k]) for k in bad[:10]) + (" ..." if len(bad) > 10 else "")
+            raise DataError(f"{table.path}: {len(bad)} row(s) have a missing or non-finite {self.time_field} "
+                            f"(lines {lines}); every interaction needs a time to order the sequences: "
+                            "fix or drop those rows")
+
+    def _keep_raw_floats(self, table, fields, source):
+        id_field = self.iid_field if source == FeatureSource.ITEM else self.uid_field
+        if id_field not in table.names:
+            return
+        if not hasattr(self, "raw_values"):
+            self.raw_values = {}
+        ids = table.column(id_field)
+        for field, ftype in fields:
+            if ftype in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ):
+                self.raw_values[field] = dict(zip(ids, (v.strip() for v in table.column(field))))
+
+    def _filter_inter_by_user_or_item(self):
+        """Keep interactions whose item/user has no feature row, and say how many there are."""
+        name = self.dataset_name
+        for feat, field, suffix in ((self.item_feat, self.iid_field, "item"), (self.user_feat, self.uid_field, "user")):
+            if feat is None or field is None:
+                continue
+            missing = ~self.inter_feat[field].isin(feat[field])
+            if missing.any():
+                n_ids = self.inter_feat.loc[missing, field].nunique()
+                self.logger.warning(f"{n_ids} {suffix}s of {name}.inter ({int(missing.sum())} interactions) have no "
+                                    f"row in {name}.{suffix}: they are kept, as {suffix}s without features")
+
+
+_RECBOLE_CLASS = {ModelType.SEQUENTIAL: "SequentialDataset", ModelType.KNOWLEDGE: "KnowledgeBasedDataset"}
+
+
+def recbole_dataset_class(config):
+    """The dataset class RecBole's ``create_dataset`` would pick for ``config``."""
+    module = importlib.import_module("recbole.data.dataset")
+    name = config["model"] + "Dataset"
+    if not hasattr(module, name):
+        name = _RECBOLE_CLASS.get(config["MODEL_TYPE"], "Dataset")
+    return getattr(module, name)
+
+
+def with_atomic_reader(dataset_class):
+    """``dataset_class`` reading its files with :class:`AtomicReaderMixin`."""
+    return type(dataset_class.__name__, (AtomicReaderMixin, dataset_class), {"__module__": __name__})

@@ -1,49 +1,104 @@
-"""Checks on RecBole atomic files before RecBole reads them, so that bad input gets one
-clear message naming the file, line and fix instead of a pandas/torch traceback."""
+"""The one reader and validator of RecBole atomic files.
 
+Atomic files are tab-separated text: a value is everything between two separators, quotes
+included. RecBole reads them with pandas, which takes ``"`` as a quote (a title opened with
+``"`` and closed lines later merges those rows into one value; an unclosed one is a
+ParserError) and keeps a UTF-8 byte order mark in the first column's name. Every atomic file
+is read here instead, by the config-time checks (:func:`check_dataset_files`) and by the
+datasets themselves (:class:`recbole_llm_mtl.data.dataset.AtomicReaderMixin`), so both see the
+same rows and a bad file gets one message naming the file, the line and the fix.
+"""
+
+import hashlib
 import os
+from collections import namedtuple
 
 from recbole_llm_mtl.errors import DataError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
+BOM = "\ufeff"
 
 
-def check_atomic_file(path, id_field=None, encoding="utf-8", separator="\t"):
-    """Header has ``name:type`` columns, text decodes, and ``id_field`` values are unique."""
-    with open(path, "rb") as f:
-        raw = f.read()
+class AtomicFile(namedtuple("AtomicFile", "path names types rows lines")):
+    """A parsed atomic file: column names and types, rows of raw strings (one per column,
+    missing trailing values as ``""``) and each row's line number in the file."""
+
+    def column(self, name):
+        k = self.names.index(name)
+        return [row[k] for row in self.rows]
+
+    def fingerprint(self):
+        """sha256 of the header and the sorted rows: the same for a file whose rows were only
+        reordered, different as soon as one value changes."""
+        h = hashlib.sha256("\t".join(f"{n}:{t}" for n, t in zip(self.names, self.types)).encode())
+        for row in sorted("\t".join(r) for r in self.rows):
+            h.update(b"\n" + row.encode())
+        return {"sha256": h.hexdigest(), "rows": len(self.rows)}
+
+
+def _decode(path, raw, encoding):
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: bytes {raw[e.start:e.end]!r} are not valid {encoding}; "
                         f"re-save the file as {encoding} (or set encoding in the dataset YAML)") from None
-    lines = text.split("\n")
-    header = lines[0].rstrip("\r").split(separator)
-    bad = [c for c in header if ":" not in c or c.rsplit(":", 1)[1] not in TYPES]
+    return text[1:] if text.startswith(BOM) else text  # editors on Windows write a BOM
+
+
+def _header(path, line, separator):
+    columns = line.split(separator)
+    bad = [c for c in columns if ":" not in c or c.rsplit(":", 1)[1] not in TYPES]
     if bad:
         raise DataError(f"{path}: header columns {bad} lack a RecBole type suffix; write them as "
                         f"name:type with type one of {TYPES} (e.g. item_id:token, title:token_seq)")
-    if id_field:
-        names = [c.rsplit(":", 1)[0] for c in header]
-        if id_field in names:
-            col = names.index(id_field)
-            seen, dups = set(), []
-            for lineno, line in enumerate(lines[1:], 2):
-                if not line.strip():
-                    continue
-                value = line.split(separator)[col] if line.count(separator) >= col else ""
-                if value in seen:
-                    dups.append((lineno, value))
-                seen.add(value)
-            if dups:
-                shown = ", ".join(f"'{v}' (line {n})" for n, v in dups[:5])
-                raise DataError(f"{path}: duplicate {id_field} values {shown}{' ...' if len(dups) > 5 else ''}: "
-                                f"each {id_field} must have one row; merge or drop the duplicates")
+    return [c.rsplit(":", 1)[0] for c in columns], [c.rsplit(":", 1)[1] for c in columns]
+
+
+def read_atomic_file(path, encoding="utf-8", separator="\t"):
+    """Parse ``path``: every line is one row, split on ``separator`` only (quotes are
+    ordinary characters); a row with fewer values has empty trailing values (editors strip
+    trailing tabs), one with more is an error. Empty lines are skipped."""
+    with open(path, "rb") as f:
+        lines = _decode(path, f.read(), encoding).split("\n")
+    names, types = _header(path, lines[0].rstrip("\r"), separator)
+    rows, numbers = [], []
+    for lineno, line in enumerate(lines[1:], 2):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        values = line.split(separator)
+        if len(values) > len(names):
+            raise DataError(f"{path}, line {lineno}: {len(values)} tab-separated values but the header has "
+                            f"{len(names)} columns; a value holds a tab, or the row is malformed")
+        rows.append(values + [""] * (len(names) - len(values)))
+        numbers.append(lineno)
+    return AtomicFile(path, names, types, rows, numbers)
+
+
+def _check_unique(table, id_field):
+    seen, dups = set(), []
+    for lineno, value in zip(table.lines, table.column(id_field)):
+        if value in seen:
+            dups.append((lineno, value))
+        seen.add(value)
+    if dups:
+        shown = ", ".join(f"'{v}' (line {n})" for n, v in dups[:5])
+        raise DataError(f"{table.path}: duplicate {id_field} values {shown}{' ...' if len(dups) > 5 else ''}: "
+                        f"each {id_field} must have one row; merge or drop the duplicates")
+
+
+def check_atomic_file(path, id_field=None, encoding="utf-8", separator="\t"):
+    """The file parses (header ``name:type``, text decodes, no row too long) and
+    ``id_field`` values, if that column exists, are unique."""
+    table = read_atomic_file(path, encoding, separator)
+    if id_field and id_field in table.names:
+        _check_unique(table, id_field)
+    return table
 
 
 def check_dataset_files(config):
-    """Validate ``<name>.inter`` and the feature files that ``load_col`` asks for."""
+    """Validate ``<name>.inter`` and the ``.item``/``.user`` files next to it."""
     path, name = config["data_path"], config["dataset"]
     encoding = config["encoding"] or "utf-8"
     sep = config["field_separator"] or "\t"

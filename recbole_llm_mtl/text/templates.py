@@ -5,18 +5,43 @@ parts are joined in order with a separator and a part whose field is empty is dr
 so missing metadata never leaves "Brand: ." behind.
 """
 
+import math
+
 import numpy as np
 import torch
-from recbole.utils import FeatureType
+from recbole.utils import FeatureSource, FeatureType
 
 from recbole_llm_mtl.errors import ConfigError
 
 PAD = "[PAD]"
 
 
+def _missing(raw):
+    try:
+        return not math.isfinite(float(raw))
+    except ValueError:
+        return not raw
+
+
+def raw_strings(dataset, feat, field):
+    """The file's own strings of a float field, per row of ``feat``: RecBole fills missing
+    floats with the mean and may normalise them, so text is never rendered from its values.
+    A missing or NaN value is ``""`` (the part is left out)."""
+    source = dataset.field2source[field]
+    id_field = dataset.uid_field if source in (FeatureSource.USER, FeatureSource.USER_ID) else dataset.iid_field
+    tokens = np.asarray(dataset.field2id_token[id_field], dtype=object)[feat[id_field].numpy()]
+    raw = dataset.raw_values[field]
+    values = (raw.get(t, "") for t in tokens)
+    if dataset.field2type[field] == FeatureType.FLOAT:
+        return ["" if _missing(v) else v for v in values]
+    return list(values)
+
+
 def field_strings(dataset, feat, field):
     """One string per row of ``feat`` (``dataset.item_feat``/``user_feat``) for ``field``."""
     ftype = dataset.field2type[field]
+    if field in getattr(dataset, "raw_values", {}):
+        return raw_strings(dataset, feat, field)
     values = feat[field]
     if ftype == FeatureType.TOKEN:
         vocab = np.asarray(dataset.field2id_token[field], dtype=object)

@@ -1,0 +1,159 @@
+"""The one atomic-file reader: quotes are text, a BOM is dropped, no row is silently lost or
+repaired (real 300-user amazon slice, edited in tmp_path)."""
+
+import os
+import shutil
+import warnings
+
+import pytest
+
+from conftest import tiny_overrides
+from recbole_llm_mtl.build import load_dataset
+from recbole_llm_mtl.config import build_config, get_model_class
+from recbole_llm_mtl.errors import DataError
+from recbole_llm_mtl.text.templates import render_texts, template_from_config
+
+
+@pytest.fixture()
+def root(tiny_root, tmp_path):
+    shutil.copytree(os.path.join(tiny_root, "amazon"), tmp_path / "amazon")
+    return tmp_path
+
+
+def _lines(path):
+    return path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+
+
+def _write(path, lines, prefix=""):
+    path.write_text(prefix + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _dataset(root, model="LLMMTL", **extra):
+    config = build_config(model, "amazon", config_dict={"data_path": str(root), "state": "ERROR", **extra})
+    ds = load_dataset(config, get_model_class(model))
+    ds.n_loaded = len(ds.inter_feat)  # interactions kept, before the split's augmentation
+    ds.build()  # features become RecBole Interactions, as models see them
+    return ds
+
+
+def _title(ds, item):
+    return " ".join(ds.field2id_token["title"][t] for t in ds.item_feat["title"][ds.token2id("item_id", item)] if t)
+
+
+def test_quotes_are_ordinary_characters(root):
+    """A title opened with `"` and closed two rows later: pandas merged the three rows
+    into one title (3 items and their interactions vanished, exit 0)."""
+    item = root / "amazon" / "amazon.item"
+    lines = _lines(item)
+    rows = [line.split("\t") for line in lines[1:]]
+    rows[1][1] = '"Deluxe ' + rows[1][1]
+    rows[3][1] = rows[3][1] + ' 12"'
+    _write(item, lines[:1] + ["\t".join(r) for r in rows])
+    ds = _dataset(root)
+    assert ds.item_num - 1 == len(rows)
+    assert _title(ds, rows[1][0]) == rows[1][1] and _title(ds, rows[3][0]) == rows[3][1]
+    assert ds.n_loaded == len(_lines(root / "amazon" / "amazon.inter")) - 1
+
+
+def test_unclosed_quote_is_read_as_text(root):
+    """An unclosed `"` was a pandas ParserError traceback."""
+    item = root / "amazon" / "amazon.item"
+    lines = _lines(item)
+    rows = [line.split("\t") for line in lines[1:]]
+    rows[-1][1] = '"Ruler 12 steel'
+    _write(item, lines[:1] + ["\t".join(r) for r in rows])
+    assert _title(_dataset(root), rows[-1][0]) == '"Ruler 12 steel'
+
+
+def test_utf8_bom_is_dropped(root):
+    """A BOM before the header was `KeyError: 'user_id'` (for baselines too)."""
+    for name in ("amazon.inter", "amazon.item"):
+        path = root / "amazon" / name
+        _write(path, _lines(path), prefix="\ufeff")
+    for model in ("LLMMTL", "BPR"):
+        ds = _dataset(root, model)
+        assert ds.n_loaded == len(_lines(root / "amazon" / "amazon.inter")) - 1
+
+
+def test_row_with_too_many_values_names_file_and_line(root):
+    item = root / "amazon" / "amazon.item"
+    lines = _lines(item)
+    lines[4] += "\tstray value"
+    _write(item, lines)
+    with pytest.raises(DataError, match=r"amazon.item, line 5: 5 tab-separated values but the header has 4"):
+        _dataset(root)
+
+
+def test_non_numeric_float_names_file_and_line(root):
+    inter = root / "amazon" / "amazon.inter"
+    lines = _lines(inter)
+    lines[2] = lines[2].rsplit("\t", 1)[0] + "\tyesterday"
+    _write(inter, lines)
+    with pytest.raises(DataError, match=r"amazon.inter, line 3: timestamp value 'yesterday' is not a number"):
+        _dataset(root)
+
+
+def test_missing_or_nan_timestamps_stop_with_the_lines(root):
+    """RecBole filled them with the mean, silently reordering the user's sequence."""
+    inter = root / "amazon" / "amazon.inter"
+    lines = _lines(inter)
+    lines[3] = lines[3].rsplit("\t", 1)[0] + "\t"
+    lines[6] = lines[6].rsplit("\t", 1)[0] + "\tnan"
+    lines[8] = lines[8].rsplit("\t", 1)[0] + "\tinf"
+    _write(inter, lines)
+    with pytest.raises(DataError, match=r"amazon.inter: 3 row\(s\) have a missing or non-finite timestamp "
+                                        r"\(lines 4, 7, 9\)"):
+        _dataset(root)
+
+
+def test_items_without_item_row_keep_their_interactions(root, caplog):
+    """RecBole dropped every interaction of an item missing from .item; they are kept as
+    items without text, and counted."""
+    item = root / "amazon" / "amazon.item"
+    lines = _lines(item)
+    dropped = {line.split("\t")[0] for line in lines[1:6]}
+    _write(item, lines[:1] + lines[6:])
+    inter = [line.split("\t") for line in _lines(root / "amazon" / "amazon.inter")[1:]]
+    n_inter = sum(1 for r in inter if r[1] in dropped)
+    caplog.set_level("WARNING")
+    ds = _dataset(root)
+    assert ds.n_loaded == len(inter)
+    assert f"5 items of amazon.inter ({n_inter} interactions) have no row in amazon.item" in caplog.text
+    config = build_config("LLMMTL", "amazon", config_dict={"data_path": str(root)})
+    texts, n_empty = render_texts(ds, ds.item_feat, template_from_config(config["item_text_fields"], None),
+                                  " ", "item")
+    assert n_empty >= 5 and all(texts[ds.token2id("item_id", i)] == "" for i in dropped)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_numeric_text_is_the_raw_value(root, normalize):
+    """A missing price became the mean ("Price: 226.5"), and with normalize_all "Price: 0.5"."""
+    item = root / "amazon" / "amazon.item"
+    lines = _lines(item)
+    prices = ["19.99", "", "433", "nan"]
+    body = [line + "\t" + (prices[k] if k < len(prices) else "5") for k, line in enumerate(lines[1:])]
+    _write(item, [lines[0] + "\tprice:float"] + body)
+    extra = {"load_col": {"inter": ["user_id", "item_id", "timestamp"],
+                          "item": ["item_id", "title", "categories", "brand", "price"]},
+             "normalize_all": normalize}
+    ds = _dataset(root, **extra)
+    texts, _ = render_texts(ds, ds.item_feat, {"title": "{}", "price": "Price: {}"}, ". ", "item")
+    ids = [ds.token2id("item_id", line.split("\t")[0]) for line in body[:4]]
+    assert texts[ids[0]].endswith(". Price: 19.99") and texts[ids[2]].endswith(". Price: 433")
+    assert "Price" not in texts[ids[1]] and "Price" not in texts[ids[3]]
+
+
+def test_recbole_future_warnings_do_not_reach_the_user(tiny_root, cache_dir, workdir):
+    """pandas/torch FutureWarnings raised inside RecBole (fillna(inplace=True), GradScaler)
+    reached the terminal on every run and recommend call; they are filtered where we call
+    RecBole, and a FutureWarning of our own still shows."""
+    from recbole_llm_mtl.build import recbole_warnings_filtered
+    from recbole_llm_mtl.quick_start import run
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run("BPR", "amazon", config_dict=tiny_overrides(tiny_root, cache_dir))
+        with recbole_warnings_filtered():
+            warnings.warn("ours", FutureWarning)
+    future = [str(w.message)[:80] for w in caught if issubclass(w.category, FutureWarning)]
+    assert future == ["ours"]

@@ -29,8 +29,10 @@ def _cli_value(value):
     return repr(value).replace(" ", "") if not isinstance(value, str) else value
 
 
-def _trial_key(params):
-    return json.dumps(params, sort_keys=True, default=str)
+def _trial_key(params, fixed=None):
+    """A trial's identity: its parameters and the settings fixed for the whole search (a search
+    re-run with another patience, say, must not reuse the old trials)."""
+    return json.dumps({"params": params, "fixed": fixed or {}}, sort_keys=True, default=str)
 
 
 def _load_trials(path):
@@ -43,7 +45,7 @@ def _load_trials(path):
                     record = json.loads(line)
                 except json.JSONDecodeError:  # a line cut by a kill: that trial runs again
                     continue
-                done[_trial_key(record["params"])] = record
+                done[_trial_key(record["params"], record.get("fixed"))] = record
     return done
 
 
@@ -70,7 +72,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     trials = []
 
     def objective(params, fixed_files):
-        key = _trial_key(params)
+        key = _trial_key(params, overrides)
         record = done.get(key)
         if record is None:
             folder = os.path.join(output_dir, "checkpoints", f"{model}-{dataset}",
@@ -78,7 +80,8 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
             result = run(model, dataset, fixed_files, resume=latest_resume_file(folder),
                          config_dict={**(overrides or {}), **params, "checkpoint_dir": folder},
                          evaluate_test=evaluate_test)
-            record = {"params": dict(params), "valid": result["best_valid_result"], "test": result["test_result"],
+            record = {"params": dict(params), "fixed": dict(overrides or {}),
+                      "valid": result["best_valid_result"], "test": result["test_result"],
                       "best_valid_score": result["best_valid_score"], "valid_score_bigger": result["valid_score_bigger"],
                       "best_epoch": result["best_epoch"], "epochs": result["epochs"],
                       "fit_seconds": result["fit_seconds"], "checkpoint": result["checkpoint"]}

@@ -295,13 +295,15 @@ def config_diff(config, reference):
 def config_report(name, results, dataset):
     """A row's config against the model's defaults, what its model YAML sets, and any key on
     which its seeds' configs disagree (runs made with different code or settings)."""
+    from recbole_llm_mtl.config import plugin_models
+
     configs = [r["config"] for r in results if r.get("config")]
     if not configs:
         return {"recorded": False}
     prov = [r.get("provenance", {}) for r in results]
     defaults = default_config(results[0]["model"], dataset, os.path.dirname(configs[0]["data_path"]))
     return {"recorded": True, "vs_defaults": config_diff(configs[0], defaults),
-            "model_yaml": prov[0].get("model_yaml", {}),
+            "model_yaml": prov[0].get("model_yaml", {}), "plugin": results[0]["model"] in plugin_models(),
             "seeds_disagree": sorted({k for c in configs[1:] for k in config_diff(c, configs[0])}),
             "text_dtype": sorted({str(r.get("text_dtype")) for r in results}),
             "commits": sorted({f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}" for p in prov}),
@@ -403,8 +405,8 @@ def _kv(d):
 def _config_lines(configs):
     lines = ["", "## Configurations and provenance", "",
              "Per row: how the resolved config differs from the model's defaults (properties/overall.yaml, "
-             "dataset and model YAML; seed and paths aside), what the model's YAML sets (tuned or corrected "
-             "values), the commits the seeds ran at, and the text dtype LLMMTL used. `--rerun_from_json` "
+             "dataset and model YAML; seed and paths aside), what a baseline's model YAML sets (tuned or corrected "
+             "values; LLMMTL's YAML is where its defaults are defined), the commits the seeds ran at, and the text dtype LLMMTL used. `--rerun_from_json` "
              "re-makes any run from its JSON.", "",
              "| row | differs from defaults | model YAML | commits | text dtype |", "|---|---|---|---|---|"]
     machines, packages = set(), set()
@@ -416,7 +418,8 @@ def _config_lines(configs):
         packages.update(c["packages"])
         diff = _kv(c["vs_defaults"]) + (f"; seeds disagree on {', '.join(c['seeds_disagree'])}"
                                          if c["seeds_disagree"] else "")
-        yaml_keys = _kv({k: v for k, v in c["model_yaml"].items() if k != "train_neg_sample_args"})
+        yaml_keys = ("(defines its defaults)" if c["plugin"] else
+                     _kv({k: v for k, v in c["model_yaml"].items() if k != "train_neg_sample_args"}))
         lines.append(f"| {name} | {diff} | {yaml_keys} | {', '.join(c['commits'])} | "
                      f"{', '.join(d for d in c['text_dtype'] if d != 'None') or '-'} |")
     lines += ["", f"Machines: {'; '.join(sorted(machines)) or 'not recorded'}.",

@@ -16,13 +16,8 @@ from conftest import build, run_captured
 
 def _raw_sequences(tiny_root, dataset):
     """user id -> internal item ids in time order, read straight from the atomic file."""
-    seqs = defaultdict(list)
-    with open(os.path.join(tiny_root, "amazon", "amazon.inter"), encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            user, item, ts = line.rstrip("\n").split("\t")
-            seqs[dataset.token2id("user_id", user)].append((float(ts), dataset.token2id("item_id", item)))
-    return {u: [i for _, i in sorted(v)] for u, v in seqs.items()}
+    seqs = _token_sequences(_read_inter(os.path.join(tiny_root, "amazon"))[1])
+    return {dataset.token2id("user_id", u): [dataset.token2id("item_id", i) for i in s] for u, s in seqs.items()}
 
 
 def test_every_input_is_exactly_the_earlier_items(tiny_root, cache_dir):

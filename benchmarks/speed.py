@@ -138,7 +138,8 @@ def build_model(name, dataset, overrides):
 
     config = build_config(name, dataset, config_dict={"show_progress": False, **overrides})
     built = build(config)  # as run() builds it: train-only facts come from train
-    return config, built.dataset, built.test, built.model, built.model.init_seconds
+    # only LLMMTL times its own construction
+    return config, built.dataset, built.test, built.model, getattr(built.model, "init_seconds", None)
 
 
 def user_text_bench(model):

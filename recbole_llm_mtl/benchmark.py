@@ -8,13 +8,18 @@ are not redone (delete a file to redo it); a killed run resumes from the resume 
 checkpoint folder (``--checkpoints``; delete the folder to start it afresh). Writes
 ``<out>/<dataset>.md``, ``.csv``, ``.json`` and ``<dataset>.png`` (test NDCG@10 against
 training time).
+
+Every row runs 3 seeds. A run's JSON holds its resolved config, the config it was given
+(``config_input``), package versions, commit, machine and text dtype; per-user NDCG@10 of
+valid and test goes to ``<run>.users.json.gz`` (paired significance tests).
+``--rerun_from_json FILE ...`` re-makes runs from their recorded config.
 """
 
 import argparse
 import csv
+import gzip
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -24,25 +29,28 @@ import time
 METRICS = ["recall@10", "ndcg@10", "mrr@10", "hit@10", "recall@50", "ndcg@50", "mrr@50", "hit@50"]
 SEEDS = [2020, 2021, 2022]
 
-# name -> (model, overrides, seeds). Baselines use their RecBole defaults with hidden size
-# 64, MAX_ITEM_LIST_LENGTH 20 and early stopping patience 10 (properties/overall.yaml).
+# name -> (model, overrides, seeds). Every model reads its properties/model/<model>.yaml, so
+# a baseline's tuned or corrected parameters go there (as LightGCN's learning rate does) and
+# reach its row without an override here; amazon.md lists, per row, what the model YAML sets
+# and how the resolved config differs from the model's defaults. Shared protocol:
+# properties/overall.yaml (MAX_ITEM_LIST_LENGTH 20, early stopping patience 10).
 RUNS = {
     "LLMMTL": ("LLMMTL", {}, SEEDS),
     "SASRec": ("SASRec", {}, SEEDS),
-    "GRU4Rec": ("GRU4Rec", {}, SEEDS[:1]),
-    "BERT4Rec": ("BERT4Rec", {}, SEEDS[:1]),
-    "FDSA": ("FDSA", {}, SEEDS[:1]),
-    "BPR": ("BPR", {}, SEEDS[:1]),
-    "LightGCN": ("LightGCN", {}, SEEDS[:1]),
-    "LLMMTL w/o L_u": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}}, SEEDS[:1]),
-    "LLMMTL w/o L_v": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.0}}, SEEDS[:1]),
-    "LLMMTL behaviour loss only": ("LLMMTL", {"task_weights": {"behavior": 1.0}}, SEEDS[:1]),
-    "LLMMTL scorer: dot": ("LLMMTL", {"scorer": "dot"}, SEEDS[:1]),
-    "LLMMTL text only (no ID)": ("LLMMTL", {"item_id_embedding": False}, SEEDS[:1]),
-    "LLMMTL ID only (no text)": ("LLMMTL", {"use_text": False}, SEEDS[:1]),
+    "GRU4Rec": ("GRU4Rec", {}, SEEDS),
+    "BERT4Rec": ("BERT4Rec", {}, SEEDS),
+    "FDSA": ("FDSA", {}, SEEDS),
+    "BPR": ("BPR", {}, SEEDS),
+    "LightGCN": ("LightGCN", {}, SEEDS),
+    "LLMMTL w/o L_u": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}}, SEEDS),
+    "LLMMTL w/o L_v": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.0}}, SEEDS),
+    "LLMMTL behaviour loss only": ("LLMMTL", {"task_weights": {"behavior": 1.0}}, SEEDS),
+    "LLMMTL scorer: dot": ("LLMMTL", {"scorer": "dot"}, SEEDS),
+    "LLMMTL text only (no ID)": ("LLMMTL", {"item_id_embedding": False}, SEEDS),
+    "LLMMTL ID only (no text)": ("LLMMTL", {"use_text": False}, SEEDS),
     # cold-start protocol: 10% of items lose every train interaction (see README)
-    "cold-start: LLMMTL inductive": ("LLMMTL", {"cold_item_ratio": 0.1, "item_id_embedding": False}, SEEDS[:1]),
-    "cold-start: SASRec": ("SASRec", {"cold_item_ratio": 0.1}, SEEDS[:1]),
+    "cold-start: LLMMTL inductive": ("LLMMTL", {"cold_item_ratio": 0.1, "item_id_embedding": False}, SEEDS),
+    "cold-start: SASRec": ("SASRec", {"cold_item_ratio": 0.1}, SEEDS),
 }
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "BPR", "LightGCN")
 PUBLISHED = {  # not re-run: RUCAIBox/VQ-Rec README, same data and protocol
@@ -55,21 +63,62 @@ def _slug(name, seed):
     return f"{keep}-seed{seed}"
 
 
+def _users_path(result_path):
+    return result_path[: -len(".json")] + ".users.json.gz"
+
+
+def _model_yaml(model):
+    """What ``properties/model/<model>.yaml`` sets (tuned or corrected values) at run time."""
+    import yaml
+
+    from recbole_llm_mtl.config import PROPERTIES_DIR
+
+    path = os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
 def worker(spec_path):
-    """Child process: one training run, result JSON next to the spec."""
+    """Child process: one training run; result JSON next to the spec, per-user scores in
+    a gzip beside it (8k users per split would swamp the JSON)."""
     with open(spec_path) as f:
         spec = json.load(f)
+    from recbole_llm_mtl.provenance import provenance
     from recbole_llm_mtl.quick_start import run
 
     result = run(spec["model"], spec["dataset"], resume=spec.get("resume"),
                  config_dict={**spec["overrides"], "checkpoint_dir": spec["checkpoint_dir"]})
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds_per_epoch"] = result["fit_seconds"] / max(result["epochs"], 1)
-    result["commit"] = _git_commit()
-    tmp = spec["result"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1, default=str)
-    os.replace(tmp, spec["result"])
+    result["provenance"] = {**provenance(), "model_yaml": _model_yaml(spec["model"])}
+    result["commit"] = result["provenance"]["commit"]
+    _write_json(_users_path(spec["result"]), result.pop("per_user_ndcg@10"), gzip.open)
+    _write_json(spec["result"], result)
+
+
+def _write_json(path, data, opener=open):
+    """Through a temp file and a rename: a killed worker never leaves half a result."""
+    tmp = path + ".tmp"
+    with opener(tmp, "wt") as f:
+        json.dump(data, f, indent=None if opener is gzip.open else 1, default=str)
+    os.replace(tmp, path)
+
+
+def train_row(spec, result, log_path):
+    """Run one spec in its own process; the path of the result JSON or None if it failed."""
+    spec_path = result[:-5] + ".spec.json"
+    with open(spec_path, "w") as f:
+        json.dump({**spec, "result": result}, f)
+    with open(log_path, "a" if spec.get("resume") else "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "recbole_llm_mtl.benchmark", "--worker", spec_path],
+                              stdout=log, stderr=subprocess.STDOUT)
+    os.unlink(spec_path)
+    if proc.returncode != 0:
+        print(f"    failed (exit {proc.returncode}); see {log_path}", flush=True)
+        return None
+    return result
 
 
 def run_all(args):
@@ -87,76 +136,183 @@ def run_all(args):
         # each row checkpoints into its own folder, so a killed row resumes where it stopped
         ckpt_dir = os.path.join(args.checkpoints, os.path.basename(runs_dir), _slug(name, seed))
         resume = latest_resume_file(ckpt_dir)
-        spec = {"model": model, "dataset": args.dataset, "result": result, "checkpoint_dir": ckpt_dir,
+        spec = {"model": model, "dataset": args.dataset, "checkpoint_dir": ckpt_dir,
                 "resume": resume, "overrides": {**overrides, "seed": seed, "show_progress": False, **args.extra}}
-        spec_path = result[:-5] + ".spec.json"
-        with open(spec_path, "w") as f:
-            json.dump(spec, f)
         print(f"[{k}/{len(todo)}] {name} seed {seed}: "
               + (f"resuming from {resume} ..." if resume else "training ..."), flush=True)
         t0 = time.time()
-        log_path = result[:-5] + ".log"
-        with open(log_path, "a" if resume else "w") as log:
-            proc = subprocess.run([sys.executable, "-m", "recbole_llm_mtl.benchmark", "--worker", spec_path],
-                                  stdout=log, stderr=subprocess.STDOUT)
-        os.unlink(spec_path)
-        if proc.returncode != 0:
-            print(f"    failed (exit {proc.returncode}); see {log_path}", flush=True)
-            continue
-        with open(result) as f:
-            ndcg = json.load(f)["test_result"]["ndcg@10"]
-        print(f"    test NDCG@10 {ndcg:.4f} in {time.time() - t0:.0f}s", flush=True)
+        if train_row(spec, result, result[:-5] + ".log"):
+            with open(result) as f:
+                ndcg = json.load(f)["test_result"]["ndcg@10"]
+            print(f"    test NDCG@10 {ndcg:.4f} in {time.time() - t0:.0f}s", flush=True)
     return runs_dir
 
 
-def _git_commit():
-    try:
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+def rerun_from_json(args):
+    """Re-make runs from the config their JSONs recorded (same model, dataset and config
+    input: YAML values and overrides as they were), into ``<out>/runs/rerun/``."""
+    from recbole_llm_mtl.trainer import latest_resume_file
+
+    out_dir = os.path.join(args.out, "runs", "rerun")
+    os.makedirs(out_dir, exist_ok=True)
+    for path in args.rerun_from_json:
+        with open(path) as f:
+            old = json.load(f)
+        name = os.path.basename(path)
+        if "config_input" not in old:
+            print(f"{name}: no recorded config (made before runs kept one), skipped", flush=True)
+            continue
+        ckpt_dir = os.path.join(args.checkpoints, "rerun", name[:-5])
+        spec = {"model": old["model"], "dataset": old["dataset"], "checkpoint_dir": ckpt_dir,
+                "resume": latest_resume_file(ckpt_dir),
+                "overrides": {k: v for k, v in old["config_input"].items() if k != "checkpoint_dir"}}
+        print(f"{name}: re-making {old['model']} on {old['dataset']} ...", flush=True)
+        result = train_row(spec, os.path.join(out_dir, name), os.path.join(out_dir, name[:-5] + ".log"))
+        if result:
+            with open(result) as f:
+                new = json.load(f)
+            print(f"    test NDCG@10 recorded {old['test_result'].get('ndcg@10')}, "
+                  f"re-made {new['test_result'].get('ndcg@10')}", flush=True)
+
+
+def _load_row(runs_dir, name, seeds):
+    """The run JSONs of one row (seeds that finished), with their per-user scores."""
+    results = []
+    for seed in seeds:
+        path = os.path.join(runs_dir, _slug(name, seed) + ".json")
+        if os.path.exists(path):
+            with open(path) as f:
+                result = json.load(f)
+            users = _users_path(path)
+            if os.path.exists(users):
+                with gzip.open(users, "rt") as f:
+                    result["per_user"] = json.load(f)
+            results.append(result)
+    return results
+
+
+def _mean_std(row, key, vals):
+    row[key] = statistics.mean(vals) if vals else None
+    row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+
+
+def summarize_row(name, results):
+    """Means (± std over seeds) of test metrics, valid NDCG@10, cold/warm parts and costs."""
+    row = {"model": name, "seeds": len(results)}
+    for m in METRICS:
+        _mean_std(row, m, [r["test_result"][m] for r in results])
+    _mean_std(row, "valid_ndcg@10", [r["best_valid_result"]["ndcg@10"] for r in results])
+    for key in ("best_epoch", "seconds_per_epoch", "fit_seconds", "eval_seconds", "peak_rss_mb"):
+        vals = [r[key] for r in results if r.get(key) is not None]
+        row[key] = statistics.mean(vals) if vals else None
+    for part in ("valid_cold", "valid_warm", "test_cold", "test_warm"):
+        if all(part in r for r in results):
+            for m in ("recall@10", "ndcg@10"):
+                _mean_std(row, f"{part}_{m}", [r[part][m] for r in results])
+    return row
 
 
 def summarize(args, runs_dir):
-    rows = []
-    args.run_commits = set()
+    from recbole_llm_mtl.provenance import git_state
+
+    rows, loaded = [], {}
     for name in args.models or list(RUNS):
-        results = []
-        for seed in RUNS[name][2][: args.max_seeds]:
-            path = os.path.join(runs_dir, _slug(name, seed) + ".json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    results.append(json.load(f))
-        if not results:
-            continue
-        args.run_commits.update(r.get("commit", "unknown") for r in results)
-        row = {"model": name, "seeds": len(results)}
-        for m in METRICS:
-            vals = [r["test_result"][m] for r in results]
-            row[m] = statistics.mean(vals)
-            row[m + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
-        for key in ("best_epoch", "seconds_per_epoch", "fit_seconds", "eval_seconds", "peak_rss_mb"):
-            vals = [r[key] for r in results if r.get(key) is not None]
-            row[key] = statistics.mean(vals) if vals else None
-        for part in ("test_cold", "test_warm"):
-            if part in results[0]:
-                for m in ("recall@10", "ndcg@10"):
-                    row[f"{part}_{m}"] = statistics.mean(r[part][m] for r in results)
-        rows.append(row)
+        results = _load_row(runs_dir, name, RUNS[name][2][: args.max_seeds])
+        if results:
+            loaded[name] = results
+            rows.append(summarize_row(name, results))
+    args.run_commits = {r.get("commit", "unknown") for results in loaded.values() for r in results}
+    significance = compare_with_best_baseline(rows, loaded)
+    configs = {name: config_report(name, results, args.dataset) for name, results in loaded.items()}
     command = "python -m recbole_llm_mtl.benchmark " + " ".join(
         a if " " not in a else repr(a) for a in sys.argv[1:] if a != "--report_only")
     base = os.path.join(args.out, args.dataset + ("-tiny" if args.tiny else ""))
     with open(base + ".json", "w") as f:
-        json.dump({"rows": rows, "published": PUBLISHED, "commit": _git_commit(), "command": command}, f, indent=1)
+        json.dump({"rows": rows, "significance": significance, "configs": configs, "published": PUBLISHED,
+                   "commit": git_state()["commit"], "command": command}, f, indent=1, default=str)
     with open(base + ".csv", "w", newline="") as f:
         fields = list(dict.fromkeys(k for r in rows for k in r)) or ["model"]  # cold rows add columns
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    _markdown(base + ".md", rows, args, command)
+    _markdown(base + ".md", rows, args, command, significance, configs, loaded)
     _plot(base + ".png", rows)
     print(f"wrote {base}.md/.csv/.json/.png")
+
+
+def best_baseline(rows):
+    """The baseline with the highest mean test NDCG@10: the hardest comparison for LLMMTL
+    (valid would favour the general models, whose valid item directly follows training)."""
+    baselines = [r for r in rows if r["model"] in BASELINES]
+    return max(baselines, key=lambda r: r["ndcg@10"]) if baselines else None
+
+
+def compare_with_best_baseline(rows, loaded):
+    """Paired test over users, test NDCG@10 (per-user means over seeds), of every LLMMTL
+    row against the best baseline: {row name: paired_test result}."""
+    from recbole_llm_mtl.significance import paired_test, seed_mean
+
+    best = best_baseline(rows)
+    if best is None:
+        return {}
+    per_user = lambda name: seed_mean([r["per_user"]["test"] for r in loaded[name]
+                                       if (r.get("per_user") or {}).get("test")])
+    reference = per_user(best["model"])
+    out = {}
+    for row in rows:
+        if RUNS[row["model"]][0] == "LLMMTL" and not _is_cold(row) and reference:
+            test = paired_test(per_user(row["model"]), reference)
+            if test:
+                out[row["model"]] = {**test, "baseline": best["model"]}
+    return out
+
+
+# keys that say where or how verbosely a run ran, not what it computed
+NOT_CONFIG = {"seed", "data_path", "checkpoint_dir", "text_cache_dir", "show_progress", "state", "gpu_id",
+              "use_gpu", "local_rank", "single_spec", "worker", "dataset_save_path", "dataloaders_save_path",
+              "log_wandb", "wandb_project", "nproc", "world_size", "ip", "port", "offset", "group_offset"}
+_defaults = {}
+
+
+def default_config(model, dataset, data_root):
+    """The model's resolved config with nothing overridden (our YAMLs included), plain;
+    ``data_root`` only locates the dataset files the config checks for."""
+    if (model, dataset) not in _defaults:
+        from recbole_llm_mtl.config import build_config
+        from recbole_llm_mtl.trainer import plain_config
+
+        config = build_config(model, dataset, config_dict={"data_path": data_root})
+        _defaults[model, dataset] = plain_config(config.final_config_dict)
+    return _defaults[model, dataset]
+
+
+def config_diff(config, reference):
+    """{key: value} where ``config`` differs from ``reference`` (keys of NOT_CONFIG aside)."""
+    keys = sorted((set(config) | set(reference)) - NOT_CONFIG)
+    return {k: config.get(k) for k in keys if config.get(k) != reference.get(k)}
+
+
+def config_report(name, results, dataset):
+    """A row's config against the model's defaults, what its model YAML sets, and any key on
+    which its seeds' configs disagree (runs made with different code or settings)."""
+    from recbole_llm_mtl.config import plugin_models
+
+    configs = [r["config"] for r in results if r.get("config")]
+    if not configs:
+        return {"recorded": False}
+    prov = [r.get("provenance", {}) for r in results]
+    defaults = default_config(results[0]["model"], dataset, os.path.dirname(configs[0]["data_path"]))
+    return {"recorded": True, "vs_defaults": config_diff(configs[0], defaults),
+            "model_yaml": prov[0].get("model_yaml", {}), "plugin": results[0]["model"] in plugin_models(),
+            "seeds_disagree": sorted({k for c in configs[1:] for k in config_diff(c, configs[0])}),
+            "text_dtype": sorted({str(r.get("text_dtype")) for r in results}),
+            "commits": sorted({f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}" for p in prov}),
+            "machines": sorted({_machine_line(p.get("machine") or {}) for p in prov}),
+            "packages": sorted({json.dumps(p.get("packages"), sort_keys=True) for p in prov})}
+
+
+def _machine_line(m):
+    return f"{m.get('cpu')}, {m.get('cores')} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
 
 
 def _is_cold(row):
@@ -178,43 +334,113 @@ def _fmt(row, m):
     return f"{v:.4f} ± {std:.4f}" if std is not None else f"{v:.4f}"
 
 
-def _markdown(path, rows, args, command):
+def _fmt_p(test):
+    if not test:
+        return "-"
+    return f"{test['p_wilcoxon']:.1e}" if test["p_wilcoxon"] < 1e-3 else f"{test['p_wilcoxon']:.3f}"
+
+
+def _main_table(rows, significance, best):
     cols = METRICS
-    lines = [f"# {args.dataset}: LLMMTL vs RecBole baselines", "",
-             "Leave-one-out by time, full ranking over all items, test split; mean ± std over seeds "
-             "where seeds > 1. Times on this machine: " + f"{platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} CPU cores.", "",
-             "| model | seeds | " + " | ".join(c.replace("@", "@") for c in cols)
+    lines = ["| model | seeds | " + " | ".join(cols) + " | valid ndcg@10 | p vs best baseline"
              + " | best epoch | s/epoch | train s | eval s | peak RSS MB |",
-             "|---|---|" + "---|" * (len(cols) + 5)]
+             "|---|---|" + "---|" * (len(cols) + 7)]
     for r in (r for r in rows if not _is_cold(r)):
+        p = "(reference)" if best and r["model"] == best["model"] else _fmt_p(significance.get(r["model"]))
         lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(_fmt(r, c) for c in cols)
+                     + f" | {_fmt(r, 'valid_ndcg@10')} | {p}"
                      + f" | {'-' if r['best_epoch'] is None else format(r['best_epoch'], '.3g')}"
                      + f" | {r['seconds_per_epoch']:.1f} | {r['fit_seconds']:.0f} | {r['eval_seconds']:.1f}"
                      + f" | {r['peak_rss_mb']:.0f} |")
     for name, vals in PUBLISHED.items():
         lines.append(f"| {name} | - | " + " | ".join(f"{vals[c]:.4f}" if c in vals else "-" for c in cols)
-                     + " | - | - | - | - | - |")
+                     + " | - | - | - | - | - | - | - |")
+    return lines
+
+
+def _significance_lines(significance, rows, best):
     by_name = {r["model"]: r for r in rows}
-    baselines = [by_name[b] for b in BASELINES if b in by_name]
-    if "LLMMTL" in by_name and baselines:
-        best = max(baselines, key=lambda r: r["ndcg@10"])
+    lines = []
+    if "LLMMTL" in by_name and best:
         lines += ["", f"LLMMTL's mean test NDCG@10 is {by_name['LLMMTL']['ndcg@10'] / best['ndcg@10']:.3f}x the best "
-                  f"baseline's ({best['model']}, {best['ndcg@10']:.4f}); baselines run so far: "
-                  f"{', '.join(r['model'] for r in baselines)}."]
+                  f"baseline's ({best['model']}, {best['ndcg@10']:.4f}; the best by mean test NDCG@10, the "
+                  f"hardest comparison); baselines run so far: "
+                  f"{', '.join(r['model'] for r in rows if r['model'] in BASELINES)}."]
+    if not significance:
+        return lines
+    lines += ["", "## Paired test over users", "",
+              "Test NDCG@10 per user (averaged over the row's seeds), each row against the best baseline on "
+              "the same users: mean difference, its 95% paired-bootstrap interval and the two-sided Wilcoxon "
+              "signed-rank p-value (users scored equally by both, mostly both zero, are left out of it).", "",
+              "| row | vs | users | mean difference | 95% CI | Wilcoxon p |", "|---|---|---|---|---|---|"]
+    for name, t in significance.items():
+        lines.append(f"| {name} | {t['baseline']} | {t['users']} | {t['mean_diff']:+.4f} | "
+                     f"[{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}] | {_fmt_p(t)} |")
+    return lines
+
+
+def _cold_lines(rows):
     cold = [r for r in rows if _is_cold(r)]
-    if cold:
-        lines += ["", "## Cold start", "",
-                  "10% of items (seeded) lose every train interaction; test rows are split by whether the "
-                  "target is such a cold item. Full ranking over all items.", "",
-                  "| model | cold R@10 | cold N@10 | warm R@10 | warm N@10 | cold/warm R@10 |", "|---|---|---|---|---|---|"]
-        for r in cold:
-            ratio = r["test_cold_recall@10"] / r["test_warm_recall@10"] if r["test_warm_recall@10"] else float("nan")
-            lines.append(f"| {r['model']} | {r['test_cold_recall@10']:.4f} | {r['test_cold_ndcg@10']:.4f} | "
-                         f"{r['test_warm_recall@10']:.4f} | {r['test_warm_ndcg@10']:.4f} | {ratio:.2f} |")
+    if not cold:
+        return []
+    lines = ["", "## Cold start", "",
+             "10% of items (seeded) lose every train interaction; valid and test rows are split by whether "
+             "the target is such a cold item. Full ranking over all items. Protocol choices are made on the "
+             "valid columns; test is read once per final row.", "",
+             "| model | seeds | valid cold R@10 | valid warm R@10 | test cold R@10 | test cold N@10 | test warm R@10 "
+             "| test warm N@10 | test cold/warm R@10 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in cold:
+        warm = r["test_warm_recall@10"]
+        ratio = r["test_cold_recall@10"] / warm if warm else float("nan")
+        lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(_fmt(r, k) for k in (
+            "valid_cold_recall@10", "valid_warm_recall@10", "test_cold_recall@10", "test_cold_ndcg@10",
+            "test_warm_recall@10", "test_warm_ndcg@10")) + f" | {ratio:.2f} |")
+    return lines
+
+
+def _kv(d):
+    return ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in d.items()) or "-"
+
+
+def _config_lines(configs):
+    lines = ["", "## Configurations and provenance", "",
+             "Per row: how the resolved config differs from the model's defaults (properties/overall.yaml, "
+             "dataset and model YAML; seed and paths aside), what a baseline's model YAML sets (tuned or corrected "
+             "values; LLMMTL's YAML is where its defaults are defined), the commits the seeds ran at, and the text dtype LLMMTL used. `--rerun_from_json` "
+             "re-makes any run from its JSON.", "",
+             "| row | differs from defaults | model YAML | commits | text dtype |", "|---|---|---|---|---|"]
+    machines, packages = set(), set()
+    for name, c in configs.items():
+        if not c["recorded"]:
+            lines.append(f"| {name} | (not recorded: run made before configs were kept) | - | - | - |")
+            continue
+        machines.update(c["machines"])
+        packages.update(c["packages"])
+        diff = _kv(c["vs_defaults"]) + (f"; seeds disagree on {', '.join(c['seeds_disagree'])}"
+                                         if c["seeds_disagree"] else "")
+        yaml_keys = ("(defines its defaults)" if c["plugin"] else
+                     _kv({k: v for k, v in c["model_yaml"].items() if k != "train_neg_sample_args"}))
+        lines.append(f"| {name} | {diff} | {yaml_keys} | {', '.join(c['commits'])} | "
+                     f"{', '.join(d for d in c['text_dtype'] if d != 'None') or '-'} |")
+    lines += ["", f"Machines: {'; '.join(sorted(machines)) or 'not recorded'}.",
+              f"Packages: {'; '.join(sorted(packages)) or 'not recorded'}."]
+    return lines
+
+
+def _markdown(path, rows, args, command, significance, configs, loaded):
+    from recbole_llm_mtl.provenance import git_state
+
+    best = best_baseline(rows)
+    lines = [f"# {args.dataset}: LLMMTL vs RecBole baselines", "",
+             "Leave-one-out by time, full ranking over all items, test split; mean ± std over seeds "
+             "where seeds > 1; valid ndcg@10 is the best-valid score that early stopping selected on.", ""]
+    lines += _main_table(rows, significance, best)
+    lines += _significance_lines(significance, rows, best)
+    lines += _cold_lines(rows)
+    lines += _config_lines(configs)
     if args.note:
         lines += ["", f"Note: {args.note}"]
-    lines += ["", f"Command: `{command}`  ", f"Table written at commit `{_git_commit()}`; runs made at "
+    lines += ["", f"Command: `{command}`  ", f"Table written at commit `{git_state()['commit']}`; runs made at "
               f"{', '.join(sorted(args.run_commits)) or 'unknown'}.", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -258,10 +484,14 @@ def main(argv=None):
     parser.add_argument("--note", default="", help="a sentence for the table's notes (e.g. machine load)")
     parser.add_argument("--report_only", action="store_true",
                         help="write the table and plot from finished runs, train nothing")
+    parser.add_argument("--rerun_from_json", nargs="+", metavar="FILE",
+                        help="re-make these runs from the config their JSONs recorded, into <out>/runs/rerun/")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker)
+    if args.rerun_from_json:
+        return rerun_from_json(args)
     unknown = [m for m in (args.models or []) if m not in RUNS]
     if unknown:
         parser.error(f"unknown benchmark rows {unknown}; choose from {list(RUNS)}")

@@ -84,7 +84,9 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
                       "valid": result["best_valid_result"], "test": result["test_result"],
                       "best_valid_score": result["best_valid_score"], "valid_score_bigger": result["valid_score_bigger"],
                       "best_epoch": result["best_epoch"], "epochs": result["epochs"],
-                      "fit_seconds": result["fit_seconds"], "checkpoint": result["checkpoint"]}
+                      "fit_seconds": result["fit_seconds"], "checkpoint": result["checkpoint"],
+                      # cold-start searches select on these (valid), never on test_cold
+                      **{k: result[k] for k in ("valid_cold", "valid_warm") if k in result}}
             with open(base + ".trials.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record, default=float) + "\n")
         else:

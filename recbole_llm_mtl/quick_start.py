@@ -18,28 +18,58 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_llm_mtl.build import build
 from recbole_llm_mtl.config import build_config
 from recbole_llm_mtl.errors import LLMMTLError
-from recbole_llm_mtl.trainer import make_trainer
+from recbole_llm_mtl.trainer import make_trainer, plain_config
 
 
-def evaluate_cold_and_warm(trainer, config, test_data, show_progress):
-    """Test metrics on the rows whose target is a cold item, and on the others."""
-    test = test_data._dataset
-    cold = test.cold_items[test.inter_feat[test.iid_field]]
+def evaluate_cold_and_warm(trainer, config, eval_data, split, show_progress):
+    """``split`` ("valid" or "test") metrics on the rows whose target is a cold item, and on
+    the others, with the weights the trainer holds (the best model, loaded by the caller)."""
+    data = eval_data._dataset
+    cold = data.cold_items[data.inter_feat[data.iid_field]]
     out = {}
-    for name, mask in (("test_cold", cold), ("test_warm", ~cold)):
-        subset = test.copy(test.inter_feat[torch.nonzero(mask).flatten()])
-        loader = get_dataloader(config, "test")(config, subset, test_data._sampler, shuffle=False)
+    for name, mask in ((f"{split}_cold", cold), (f"{split}_warm", ~cold)):
+        subset = data.copy(data.inter_feat[torch.nonzero(mask).flatten()])
+        loader = get_dataloader(config, split)(config, subset, eval_data._sampler, shuffle=False)
         out[name] = dict(trainer.evaluate(loader, load_best_model=False, show_progress=show_progress))
         out[name]["rows"] = int(mask.sum())
     return out
 
 
+def evaluate_split(trainer, config, eval_data, split, load_best_model):
+    """Metrics of the best model on ``split``, its per-user NDCG@10 keyed by external user
+    id (so rows of different models pair up) and, under the cold-start protocol, the
+    cold/warm breakdown. Returns (result, per_user, cold_warm)."""
+    show = config["show_progress"]
+    result = dict(trainer.evaluate(eval_data, load_best_model=load_best_model, show_progress=show))
+    per_user = trainer.last_per_user()
+    if per_user is not None:
+        dataset = eval_data._dataset
+        tokens = dataset.id2token(dataset.uid_field, list(per_user))
+        per_user = dict(zip(map(str, tokens), per_user.values()))
+    cold_warm = evaluate_cold_and_warm(trainer, config, eval_data, split, show) if config["cold_item_ratio"] else {}
+    return result, per_user, cold_warm
+
+
+def text_dtype(config):
+    """The dtype LLMMTL's language model ran in (``llm_dtype: auto`` resolved on this
+    machine), or None for models that read no text."""
+    if "llm_dtype" not in config:
+        return None
+    from recbole_llm_mtl.text.encoder import resolve_dtype
+
+    return resolve_dtype(config["llm_dtype"], config["device"], config["llm_mode"] != "frozen")
+
+
 def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=None,
-        saved=True, resume=None, evaluate_test=True):
+        saved=True, resume=None, evaluate_test=True, on_built=None):
     """Train on the train split with early stopping on valid, then test the best model.
 
     ``evaluate_test=False`` (tuning runs) never reads the test split: selection is made on
-    valid alone. Returns a dict with best valid/test results, the checkpoint path and timings.
+    valid alone. ``on_built(built, trainer)``, if given, sees the dataset, loaders, model
+    and trainer before training (the leakage tests inspect what the model is built from).
+    Returns a dict with best valid/test results (and cold/warm ones under the cold-start
+    protocol, for valid as well, so protocol choices can be made on valid), per-user
+    NDCG@10, the resolved config, the checkpoint path and timings.
     """
     started = time.time()
     config = build_config(model, dataset, config_file_list, config_dict, cmd_overrides)
@@ -51,10 +81,13 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
     logger = getLogger()
     logger.info(config)
 
-    _, _, train_data, valid_data, test_data, net = build(config, log=logger)
+    built = build(config, log=logger)
+    _, _, train_data, valid_data, test_data, net = built
     trainer = make_trainer(config, net)
     if resume:
         trainer.resume_checkpoint(resume)
+    if on_built:
+        on_built(built, trainer)
 
     earlier = trainer.seconds_before  # seconds of the parts before a resume
     trainer.seconds_before += time.time() - started  # this part's set-up (data, text encoding)
@@ -63,11 +96,12 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
     # (epoch, valid score, seconds since start) over all parts: for time-to-quality reports
     history = trainer.history
     eval_start = time.time()
-    test_result, cold_warm = {}, {}
+    # valid again with the best model: per-user values and cold/warm (fit keeps only means)
+    _, valid_users, cold_warm = evaluate_split(trainer, config, valid_data, "valid", saved)
+    test_result, test_users = {}, None
     if evaluate_test:
-        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
-        if config["cold_item_ratio"]:
-            cold_warm = evaluate_cold_and_warm(trainer, config, test_data, config["show_progress"])
+        test_result, test_users, test_cold_warm = evaluate_split(trainer, config, test_data, "test", False)
+        cold_warm.update(test_cold_warm)
     eval_seconds = time.time() - eval_start
 
     if not config["single_spec"]:
@@ -92,6 +126,11 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
         "history": history,
         "checkpoint": os.path.abspath(trainer.saved_model_file) if saved else None,
         "resumed_at_epoch": trainer.start_epoch if resume else None,
+        # what the run was, as plain data: the resolved config and what the user set
+        "config": plain_config(config.final_config_dict),
+        "config_input": plain_config(config.external_config_dict),
+        "text_dtype": text_dtype(config),
+        "per_user_ndcg@10": {"valid": valid_users, "test": test_users},
         **cold_warm,
     }
 

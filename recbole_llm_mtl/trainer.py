@@ -15,6 +15,8 @@ from enum import Enum
 
 import numpy as np
 import torch
+from recbole.evaluator import Collector
+from recbole.evaluator.metrics import NDCG
 from recbole.utils import get_trainer, set_color
 
 from recbole_llm_mtl.build import recbole_warnings_filtered
@@ -100,6 +102,40 @@ def _to_tuples(x):
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
+class PerUserCollector(Collector):
+    """RecBole's collector that also keeps, for the last evaluation, each evaluated user's
+    id and top-k hit row: RecBole drops them once the means are computed, but paired
+    significance tests between models need every user's own score."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.uid_field = config["USER_ID_FIELD"]
+        self._uids = []
+        self.last_uids, self.last_topk = None, None
+
+    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        self._uids.append(interaction[self.uid_field].cpu())  # full ranking: one row per user
+
+    def get_data_struct(self):
+        topk = self.data_struct.get("rec.topk") if "rec.topk" in self.data_struct else None
+        uids = torch.cat(self._uids) if self._uids else None
+        self._uids = []
+        # sampled-candidate evaluation has several rows per user: no per-user view then
+        ok = topk is not None and uids is not None and len(uids) == len(topk)
+        self.last_uids, self.last_topk = (uids, topk.cpu()) if ok else (None, None)
+        return super().get_data_struct()
+
+
+def per_user_ndcg(config, uids, topk, k=10):
+    """{internal user id: NDCG@k} from a top-k hit matrix, computed by RecBole's own NDCG so
+    the per-user values average to the reported metric."""
+    metric = NDCG(config)
+    pos_index, pos_len = metric.used_info({"rec.topk": topk})
+    values = metric.metric_info(pos_index, pos_len)[:, k - 1]
+    return dict(zip(uids.tolist(), values.tolist()))
+
+
 class CheckpointMixin:
     """Mixed in front of the RecBole trainer class chosen for the model."""
 
@@ -117,6 +153,7 @@ class CheckpointMixin:
         self.fit_seconds = 0.0   # seconds spent in fit()
         self.seconds_before = 0.0  # run seconds before this part's fit(): set-up, earlier parts
         self._finished = False   # resumed from a run whose training had already stopped
+        self.eval_collector = PerUserCollector(config)
         if cpu_ddp:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -251,6 +288,11 @@ class CheckpointMixin:
             self.logger.info(f"Loading model structure and parameters from {path}")
         with recbole_warnings_filtered():
             return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def last_per_user(self, k=10):
+        """{internal user id: NDCG@k} of the last :meth:`evaluate` (None where unavailable)."""
+        c = self.eval_collector
+        return per_user_ndcg(self.config, c.last_uids, c.last_topk, k) if c.last_topk is not None else None
 
     def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
         names = getattr(self.model, "loss_names", None)

@@ -65,3 +65,38 @@ def build(model, tiny_root, cache_dir, **extra):
 
     b = build_from_args(model, "amazon", config_dict=tiny_overrides(tiny_root, cache_dir, **extra))
     return b.config, b.train, b.valid, b.test, b.model
+
+
+class Captured:
+    """What run() built and fed its model: a copy of every parameter and buffer as
+    constructed, the model object, the dataset, and every training batch."""
+
+    def __init__(self):
+        self.built, self.model, self.initial, self.batches = None, None, {}, []
+
+    def __call__(self, built, trainer):
+        self.built, self.model = built, built.model
+        self.initial = {name: t.detach().clone() for name, t in
+                        [*built.model.named_parameters(), *built.model.named_buffers()]}
+        loss = built.model.calculate_loss
+
+        def recording_loss(interaction):  # observes the batch, trains as usual
+            self.batches.append({k: v.detach().clone() for k, v in interaction.interaction.items()})
+            return loss(interaction)
+
+        built.model.calculate_loss = recording_loss
+
+
+def run_captured(model, data_path, cache_dir, rundir, **extra):
+    """run() on ``data_path`` from inside ``rundir`` (log/, saved/ land there); returns
+    (result, Captured)."""
+    from recbole_llm_mtl.quick_start import run
+
+    captured, here = Captured(), os.getcwd()
+    os.makedirs(rundir, exist_ok=True)
+    os.chdir(rundir)
+    try:
+        result = run(model, "amazon", config_dict=tiny_overrides(data_path, cache_dir, **extra), on_built=captured)
+    finally:
+        os.chdir(here)
+    return result, captured

@@ -1,5 +1,7 @@
-"""The benchmark harness end to end on the tiny slice: table, CSV, JSON, plot, resume."""
+"""The benchmark harness end to end on the tiny slice: table, CSV, JSON, plot, resume,
+provenance, per-user scores, the paired test and re-making a run from its JSON."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -22,6 +24,13 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert "| LLMMTL | 1 |" in table and "| BPR | 1 |" in table and "VQ-Rec (published, not re-run)" in table
     data = json.loads((out / "amazon-tiny.json").read_text())
     assert {r["model"] for r in data["rows"]} == {"LLMMTL", "BPR"} and data["commit"]
+    _check_provenance(out / "runs" / "amazon-tiny" / "LLMMTL-seed2020.json")
+    # the paired test over users: LLMMTL against the only (so the best) baseline
+    test = data["significance"]["LLMMTL"]
+    assert test["baseline"] == "BPR" and test["users"] == 300 and 0 <= test["p_wilcoxon"] <= 1
+    assert test["ci95"][0] <= test["mean_diff"] <= test["ci95"][1]
+    assert "## Paired test over users" in table and "| BPR | 1 |" in table and "(reference)" in table
+    assert "## Configurations and provenance" in table and "`epochs: 1`" in table
     second = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert second.stdout.count("done earlier, kept") == 2 and "training ..." not in second.stdout
 
@@ -49,3 +58,38 @@ def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):
     assert (after["epochs"], after["best_epoch"], after["history"]) == (
         before["epochs"], before["best_epoch"], before["history"])
     assert 0 < after["fit_seconds"] <= before["fit_seconds"]
+
+
+def _check_provenance(path):
+    """A run JSON says what ran where: resolved config, versions, commit, machine, dtype;
+    its per-user scores average to its reported NDCG@10."""
+    run = json.loads(path.read_text())
+    assert run["config"]["model"] == "LLMMTL" and run["config"]["epochs"] == 1 and run["config_input"]["seed"] == 2020
+    prov = run["provenance"]
+    assert set(prov["packages"]) >= {"torch", "recbole", "transformers", "numpy", "pandas"}
+    assert prov["commit"] and prov["dirty"] in (True, False) and prov["machine"]["cores"] > 0
+    assert prov["model_yaml"]["learning_rate"] > 0
+    assert run["text_dtype"] in ("float32", "bfloat16")
+    with gzip.open(str(path)[: -len(".json")] + ".users.json.gz", "rt") as f:
+        users = json.load(f)
+    for split, result in (("valid", run["best_valid_result"]), ("test", run["test_result"])):
+        assert len(users[split]) == 300
+        assert abs(sum(users[split].values()) / 300 - result["ndcg@10"]) < 1e-4
+
+
+def test_rerun_from_json_remakes_the_run(tiny_root, workdir):
+    """A run re-made from the config its JSON recorded gets the same test metrics."""
+    out = workdir / "results"
+    cmd = [sys.executable, "-m", "recbole_llm_mtl.benchmark", "--dataset", "amazon", "--tiny", "--data_path", tiny_root,
+           "--models", "BPR", "--max_seeds", "1", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    assert subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900).returncode == 0
+    original = out / "runs" / "amazon-tiny" / "BPR-seed2020.json"
+    proc = subprocess.run([sys.executable, "-m", "recbole_llm_mtl.benchmark", "--out", str(out),
+                           "--rerun_from_json", str(original)], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    remade = json.loads((out / "runs" / "rerun" / "BPR-seed2020.json").read_text())
+    before = json.loads(original.read_text())
+    assert remade["config"] == before["config"] | {"checkpoint_dir": remade["config"]["checkpoint_dir"]}
+    assert remade["test_result"] == before["test_result"]

@@ -1,9 +1,17 @@
 """Cold-start protocol: held-out items never reach training; cold/warm test metrics."""
 
+import pytest
 import torch
 
-from conftest import build, tiny_overrides
-from recbole_llm_mtl.quick_start import run
+from conftest import build, run_captured
+from test_leakage import assert_batches_precede_valid
+
+
+@pytest.fixture(scope="module")
+def cold_run(tiny_root, cache_dir, tmp_path_factory):
+    """One epoch of the inductive model under the cold-start protocol, through run()."""
+    return run_captured("LLMMTL", tiny_root, cache_dir, str(tmp_path_factory.mktemp("cold")),
+                        cold_item_ratio=0.1, item_id_embedding=False)
 
 
 def test_cold_items_have_no_train_interactions(tiny_root, cache_dir):
@@ -22,12 +30,26 @@ def test_cold_items_have_no_train_interactions(tiny_root, cache_dir):
     assert all(torch.isfinite(l) for l in model.calculate_loss(next(iter(train))))
 
 
-def test_run_reports_cold_and_warm(tiny_root, cache_dir, workdir):
-    result = run("LLMMTL", "amazon", config_dict=tiny_overrides(tiny_root, cache_dir, cold_item_ratio=0.1,
-                                                                   item_id_embedding=False))
-    cold, warm = result["test_cold"], result["test_warm"]
-    assert cold["rows"] + warm["rows"] == 300 and cold["rows"] > 0
-    assert 0 <= cold["recall@10"] <= 1 and 0 <= warm["recall@10"] <= 1
+def test_run_reports_cold_and_warm_on_valid_and_test(cold_run):
+    result, _ = cold_run
+    for split in ("valid", "test"):
+        cold, warm = result[f"{split}_cold"], result[f"{split}_warm"]
+        assert cold["rows"] + warm["rows"] == 300 and cold["rows"] > 0
+        assert 0 <= cold["recall@10"] <= 1 and 0 <= warm["recall@10"] <= 1
+
+
+def test_run_never_trains_on_a_cold_item(cold_run):
+    """No batch that run() trains on holds a cold item, as target or in a history, and
+    every row still ends before the user's valid item."""
+    _, captured = cold_run
+    cold = captured.built.dataset.cold_items
+    assert cold.any()
+    for batch in captured.batches:
+        n = batch["item_length"]
+        in_history = torch.arange(batch["item_id_list"].size(1)) < n.unsqueeze(1)
+        assert not cold[batch["item_id"]].any(), "a cold item is a training target"
+        assert not cold[batch["item_id_list"][in_history]].any(), "a cold item is in a training history"
+    assert assert_batches_precede_valid(captured) > 250
 
 
 def test_cold_items_are_not_softmax_negatives(tiny_root, cache_dir):

@@ -38,6 +38,7 @@ def test_two_trials_report_and_resume(tiny_root, cache_dir, workdir, monkeypatch
 def test_shipped_spaces_parse():
     from recbole.trainer import HyperTuning
 
-    for name in ("LLMMTL.hyper", "LLMMTL-quick.hyper", "SASRec.hyper", "LightGCN.hyper", "FDSA.hyper"):
+    for name in ("LLMMTL.hyper", "LLMMTL-quick.hyper", "SASRec.hyper", "LightGCN.hyper", "FDSA.hyper",
+                 "BERT4Rec.hyper"):
         tuner = HyperTuning(lambda *a: None, params_file=os.path.join(ROOT, "properties", "hyper", name), algo="random")
         assert "learning_rate" in tuner.space

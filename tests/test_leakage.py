@@ -1,22 +1,23 @@
-"""No valid/test item of a user reaches that user's inputs (real amazon slice)."""
+"""No valid/test item of a user reaches that user's inputs (real amazon slice).
+
+The run() tests hold for any model built through the real path: what the model holds at
+construction, and what it is trained on, must not change when every user's valid and test
+items are replaced, and every training batch must end before the user's valid position.
+"""
 
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 
+import pytest
 import torch
 
-from conftest import build
+from conftest import build, run_captured
 
 
 def _raw_sequences(tiny_root, dataset):
     """user id -> internal item ids in time order, read straight from the atomic file."""
-    seqs = defaultdict(list)
-    with open(os.path.join(tiny_root, "amazon", "amazon.inter"), encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            user, item, ts = line.rstrip("\n").split("\t")
-            seqs[dataset.token2id("user_id", user)].append((float(ts), dataset.token2id("item_id", item)))
-    return {u: [i for _, i in sorted(v)] for u, v in seqs.items()}
+    seqs = _token_sequences(_read_inter(os.path.join(tiny_root, "amazon"))[1])
+    return {dataset.token2id("user_id", u): [dataset.token2id("item_id", i) for i in s] for u, s in seqs.items()}
 
 
 def test_every_input_is_exactly_the_earlier_items(tiny_root, cache_dir):
@@ -74,3 +75,141 @@ def test_user_side_ignores_held_out_items(tiny_root, cache_dir):
         first = seq[0, 0]
         model.item_embedding.weight[first] = torch.randn(model.hidden_size)
     assert not torch.allclose(q1, query(), atol=1e-6)
+
+
+def _read_inter(folder):
+    """(user, item, timestamp) rows of ``folder/amazon.inter``, file order."""
+    with open(os.path.join(folder, "amazon.inter"), encoding="utf-8") as f:
+        header, *rows = f.read().splitlines()
+    return header, [tuple(r.split("\t")) for r in rows]
+
+
+def _token_sequences(rows):
+    """user token -> item tokens in time order."""
+    seqs = defaultdict(list)
+    for user, item, ts in rows:
+        seqs[user].append((float(ts), item))
+    return {u: [i for _, i in sorted(v)] for u, v in seqs.items()}
+
+
+def _write(root, header, rows, item_header, item_rows):
+    os.makedirs(os.path.join(root, "amazon"), exist_ok=True)
+    with open(os.path.join(root, "amazon", "amazon.inter"), "w", encoding="utf-8") as f:
+        f.write("\n".join([header] + ["\t".join(r) for r in rows]) + "\n")
+    with open(os.path.join(root, "amazon", "amazon.item"), "w", encoding="utf-8") as f:
+        f.write("\n".join([item_header] + item_rows) + "\n")
+    return str(root)
+
+
+def held_out_pair(tiny_root, out):
+    """Two data paths that differ only in every user's valid and test items.
+
+    ``same`` is the slice; in ``moved`` those two items are replaced by popular train items
+    the user never had. Train lines come first in both files and the item file follows the
+    ``same`` id order, so RecBole maps every user and item to the same id in both (RecBole
+    numbers tokens by first appearance): any difference between the two models can only
+    come from the held-out interactions.
+    """
+    header, rows = _read_inter(os.path.join(tiny_root, "amazon"))
+    by_user = defaultdict(list)
+    for r in rows:
+        by_user[r[0]].append(r)
+    held_set = {r for user_rows in by_user.values() for r in sorted(user_rows, key=lambda r: float(r[2]))[-2:]}
+    held = [r for r in rows if r in held_set]
+    train = [r for r in rows if r not in held_set]
+    popular = [i for i, _ in Counter(r[1] for r in train).most_common()]
+    unseen = {u: iter([i for i in popular if i not in {r[1] for r in user_rows}]) for u, user_rows in by_user.items()}
+    moved = [(user, next(unseen[user]), ts) for user, _, ts in held]
+    order = list(dict.fromkeys(r[1] for r in train + held))
+    with open(os.path.join(tiny_root, "amazon", "amazon.item"), encoding="utf-8") as f:
+        item_header, *item_rows = f.read().splitlines()
+    by_item = {r.split("\t", 1)[0]: r for r in item_rows}
+    item_rows = [by_item[i] for i in order if i in by_item]
+    return (_write(out / "same", header, train + held, item_header, item_rows),
+            _write(out / "moved", header, train + moved, item_header, item_rows))
+
+
+@pytest.fixture(scope="module")
+def held_out_runs(tiny_root, cache_dir, tmp_path_factory):
+    """One epoch of LLMMTL through run() on each data path of :func:`held_out_pair`."""
+    out = tmp_path_factory.mktemp("held_out")
+    same, moved = held_out_pair(tiny_root, out)
+    return {name: run_captured("LLMMTL", path, cache_dir, str(out / f"run-{name}"))[1]
+            for name, path in (("same", same), ("moved", moved))}
+
+
+def _item_tokens(captured):
+    return list(captured.built.dataset.field2id_token["item_id"])
+
+
+def test_the_pair_differs_only_in_held_out_items(held_out_runs):
+    """The guard that makes the next two tests able to fail: ids match, and some held-out
+    items of ``same`` occur nowhere in its train split (``moved`` drops them)."""
+    same, moved = held_out_runs["same"], held_out_runs["moved"]
+    assert _item_tokens(same) == _item_tokens(moved)
+    assert list(same.built.dataset.field2id_token["user_id"]) == list(moved.built.dataset.field2id_token["user_id"])
+    train_items = set(same.built.train._dataset.inter_feat["item_id"].tolist())
+    for hist in same.built.train._dataset.inter_feat["item_id_list"]:
+        train_items.update(hist.tolist())
+    held = set(same.built.valid._dataset.inter_feat["item_id"].tolist()) | set(
+        same.built.test._dataset.inter_feat["item_id"].tolist())
+    assert len(held - train_items) > 20
+
+
+def test_model_construction_ignores_held_out_items(held_out_runs):
+    """Everything the model holds when built (parameters, buffers: the training-item
+    softmax, text statistics, tags) is identical whatever the valid/test items are."""
+    same, moved = held_out_runs["same"].initial, held_out_runs["moved"].initial
+    assert same.keys() == moved.keys()
+    differ = [name for name in same if not torch.equal(same[name], moved[name])]
+    assert not differ, f"built from held-out interactions: {differ}"
+
+
+def test_training_ignores_held_out_items(held_out_runs):
+    """The same batches reach the model and one epoch trains it to the same weights:
+    training reads nothing of the valid/test items."""
+    same, moved = held_out_runs["same"], held_out_runs["moved"]
+    assert len(same.batches) == len(moved.batches) > 0
+    for a, b in zip(same.batches, moved.batches):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    trained_same, trained_moved = same.model.state_dict(), moved.model.state_dict()
+    differ = [k for k in trained_same if not torch.equal(trained_same[k], trained_moved[k])]
+    assert not differ, f"trained weights depend on held-out items: {differ}"
+
+
+def _earliest_end(seq, row):
+    """Position in ``seq`` where ``row`` ends at the earliest as an ordered subsequence
+    (cold-start histories skip removed items), or None."""
+    k = 0
+    for p, item in enumerate(seq):
+        if item == row[k]:
+            k += 1
+            if k == len(row):
+                return p
+    return None
+
+
+def assert_batches_precede_valid(captured):
+    """Every training row, as tokens, is the user's raw sequence in order (history, then
+    target) and ends before the user's valid item: nothing from valid or test is trained
+    on. Returns the number of rows checked."""
+    seqs = _token_sequences(_read_inter(captured.built.config["data_path"])[1])
+    ds = captured.built.dataset
+    item_token = ds.field2id_token["item_id"]
+    checked = 0
+    for batch in captured.batches:
+        users = ds.field2id_token["user_id"][batch["user_id"].numpy()]
+        lengths = batch["item_length"].tolist() if "item_length" in batch else [0] * len(users)
+        hists = batch.get("item_id_list", torch.zeros(len(users), 0, dtype=torch.long))
+        for user, hist, n, target in zip(users, hists, lengths, batch["item_id"].tolist()):
+            seq = seqs[user]
+            row = list(item_token[hist[:n].numpy()]) + [item_token[target]]
+            end = _earliest_end(seq, row)
+            assert end is not None, f"user {user}: trained on {row}, not in their sequence's order"
+            assert end <= len(seq) - 3, f"user {user}: a training row reaches the valid/test items"
+            checked += 1
+    return checked
+
+
+def test_training_batches_precede_valid_position(held_out_runs):
+    assert assert_batches_precede_valid(held_out_runs["same"]) >= 300

@@ -1,0 +1,60 @@
+"""Where a result came from: code version, packages and machine, recorded with every
+benchmark run so a reader can tell which rows are comparable and re-make any of them."""
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+
+PACKAGES = ("torch", "recbole", "transformers", "numpy", "pandas", "scipy")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the harness rewrites its own reports there while it runs: not a change to the code
+RESULTS_DIR = os.path.join("benchmarks", "results")
+
+
+def _git(*args):
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_state():
+    """Short commit and whether tracked files (outside the results folder) differ from it:
+    a dirty tree means the run's code is not exactly the commit."""
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULTS_DIR}")
+    files = [line[3:] for line in (changed or "").splitlines()]
+    return {"commit": _git("rev-parse", "--short", "HEAD") or "unknown",
+            "dirty": bool(files) if changed is not None else None, "dirty_files": files[:20]}
+
+
+def package_versions():
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def machine():
+    """CPU model and cores, GPU (if torch sees one), OS and Python."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": _cpu_model() or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "gpu": gpu, "os": platform.platform(), "python": platform.python_version()}
+
+
+def provenance():
+    return {**git_state(), "packages": package_versions(), "machine": machine()}

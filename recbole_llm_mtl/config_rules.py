@@ -23,10 +23,10 @@ from numbers import Integral, Real
 from recbole.evaluator.register import metric_information, metric_types
 
 from recbole_llm_mtl.errors import ConfigError
+from recbole_llm_mtl.model.tasks import TASKS  # LLMMTL's losses by name
 
 Check = namedtuple("Check", "test allowed")
 
-TASKS = ("behavior", "user_profile", "item_semantics")  # LLMMTL's losses, ranking task first
 LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")
 EVAL_MODES = "full, labeled, uni<N> or pop<N> (N > 0 sampled negatives, e.g. uni100)"
 

@@ -275,7 +275,7 @@ class LLMMTL(SequentialRecommender):
     def predict(self, interaction):
         query, h_v = self.forward(interaction)
         items = self.scorer.items(h_v[interaction[self.ITEM_ID]])
-        return torch.sigmoid(self.scorer.pair_logits(query, items).double())
+        return self.scorer.pair_logits(query, items)  # logit: ranks as the sigmoid, without float32 ties near 1
 
     def full_sort_predict(self, interaction):
         query, h_v = self.forward(interaction)

@@ -302,6 +302,22 @@ LLMMTL_RULES = {
 
 MODEL_RULES = {"LLMMTL": LLMMTL_RULES}
 
+# Keys that decide a model's weights (their shapes, or how they are read): a checkpoint
+# resumed under other values either fails to load or, worse, loads and means something
+# else (n_heads 2 -> 4 keeps every shape). RecBole's models share these names.
+ARCHITECTURE_KEYS = ("MAX_ITEM_LIST_LENGTH", "embedding_size", "hidden_size", "inner_size", "n_layers",
+                     "num_layers", "n_heads", "hidden_act", "selected_features", "pooling_mode")
+MODEL_ARCHITECTURE_KEYS = {
+    "LLMMTL": ("n_experts", "use_text", "item_id_embedding", "scorer", "llm_path", "llm_mode",
+               "llm_pooling", "llm_max_length", "lora_r", "lora_target_modules", "item_text_fields",
+               "item_text_template", "user_text_fields", "user_text_template", "text_separator",
+               "tag_fields", "user_tag_fields", "tag_min_count", "tag_max_share", "task_weighting"),
+}
+
+
+def architecture_keys(model_name):
+    return ARCHITECTURE_KEYS + MODEL_ARCHITECTURE_KEYS.get(model_name, ())
+
 
 def rules_for(model_name):
     """Protocol rows, then the model's own (a model row for a key replaces the protocol's)."""

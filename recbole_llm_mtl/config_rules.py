@@ -82,8 +82,15 @@ def optional(check):
     return Check(lambda v, c: v is None or check.test(v, c), f"~ or {check.allowed}")
 
 
-def list_of(check, what):
-    return Check(lambda v, c: isinstance(v, list) and all(check.test(x, c) for x in v), what)
+def list_of(check, what, non_empty=False):
+    return Check(lambda v, c: isinstance(v, list) and (bool(v) or not non_empty)
+                 and all(check.test(x, c) for x in v), what)
+
+
+def any_of(*checks):
+    """A value passing one of ``checks`` (RecBole accepts ``topk: 10`` and ``topk: [10, 50]``)."""
+    return Check(lambda v, c: any(check.test(v, c) for check in checks),
+                 " or ".join(check.allowed for check in checks))
 
 
 def _cross(check, extra_test, extra_words):
@@ -141,8 +148,10 @@ def eval_modes(eval_args):
 def _eval_args_ok(value, config):
     if not isinstance(value, dict):
         return False
-    mode = value.get("mode", "full")
+    mode, split = value.get("mode", "full"), value.get("split", {"RS": None})
     if isinstance(mode, dict) and not set(mode) <= {"valid", "test"}:
+        return False
+    if not isinstance(split, dict) or len(split) != 1 or not set(split) <= {"RS", "LS"}:
         return False
     value_metrics = metric_types.get(metric_names(config["metrics"])[0].lower()).name == "VALUE"
     return (all(_eval_mode_ok(m) for m in eval_modes(value))
@@ -168,15 +177,14 @@ PROTOCOL_RULES = {
                      + ", ".join(sorted(m for m, t in metric_types.items() if t.name == "RANKING"))
                      + ") or all value metrics (" + ", ".join(sorted(
                          m for m, t in metric_types.items() if t.name == "VALUE")) + "); any case"),
-    "topk": Check(lambda v, c: POSITIVE_INT.test(v, c) or (
-        isinstance(v, list) and v and all(POSITIVE_INT.test(k, c) for k in v)),
-        "a positive integer or a non-empty list of positive integers"),
+    "topk": any_of(POSITIVE_INT, list_of(POSITIVE_INT, "a non-empty list of positive integers", non_empty=True)),
     "valid_metric": Check(
         lambda v, c: isinstance(v, str) and v.lower() in computed_metrics(c),
         lambda c: "one of the computed metrics " + ", ".join(computed_metrics(c))
                   + " (any case; set metrics and topk to compute others)"),
-    "eval_args": Check(_eval_args_ok, "a mapping with mode " + EVAL_MODES + " (or {valid: ..., test: ...}), "
-                       "order RO or TO, group_by user or none; value metrics need mode labeled"),
+    "eval_args": Check(_eval_args_ok, "a mapping with split {RS: [...]} or {LS: ...}, mode " + EVAL_MODES
+                       + " (or {valid: ..., test: ...}), order RO or TO, group_by user or none; "
+                       "value metrics need mode labeled"),
     "learning_rate": POSITIVE_NUMBER,
     "weight_decay": number_in(0),
     "learner": one_of(*LEARNERS, case_sensitive=False),
@@ -224,10 +232,6 @@ def _task_weights_ok(value, config):
     return value.get("behavior", 0) > 0 and all(w >= 0 for w in value.values())
 
 
-def _lora_targets_ok(value, config):
-    return value is None or isinstance(value, str) or list_of(TEXT, "").test(value, config)
-
-
 def _neg_samples_ok(value, config):
     """``neg_samples`` is only read by ``behavior_loss: bce``, where 0 means an empty
     negative set: its loss is a NaN (the mean of nothing)."""
@@ -255,7 +259,7 @@ LLMMTL_RULES = {
     "lora_r": POSITIVE_INT,
     "lora_alpha": POSITIVE_NUMBER,
     "lora_dropout": PROBABILITY,
-    "lora_target_modules": Check(_lora_targets_ok, "~ (all linear layers), a module name or a list of them"),
+    "lora_target_modules": optional(any_of(TEXT, list_of(TEXT, "a list of module names"))),
     # text and tags
     "use_text": BOOLEAN,
     "item_text_fields": _cross(FIELD_LIST, lambda v, c: bool(v) or not c.get("use_text"),

@@ -41,6 +41,8 @@ BAD = [
     ("SASRec", {"cold_item_ratio": 1.0}, "cold_item_ratio 1.0 is not allowed: expected a probability in [0, 1)"),
     ("SASRec", {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "uni0"}},
      "eval_args {'split': {'LS': 'valid_and_test'}, 'order': 'TO', 'mode': 'uni0'} is not allowed: expected a mapping"),
+    ("LLMMTL", {"eval_args": {"split": {"LO": "valid_and_test"}, "order": "TO", "mode": "full"}},
+     "eval_args {'split': {'LO': 'valid_and_test'}, 'order': 'TO', 'mode': 'full'} is not allowed"),
     ("SASRec", {"show_progress": "yes"}, "show_progress 'yes' is not allowed: expected True or False"),
     ("LLMMTL", {"temperature": 0}, "temperature 0 is not allowed: expected a number > 0"),
     ("LLMMTL", {"behavior_loss": "bce", "neg_samples": 0},

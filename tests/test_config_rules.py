@@ -168,6 +168,7 @@ def test_every_documented_key_has_a_rule():
      "LLMMTL draws its negatives itself"),
     (["--loss_type=BPR"], "error: loss_type 'BPR' is not allowed"),
     (["--task_weights={'behaviour':1.0}"], "error: task_weights {'behaviour': 1.0} is not allowed"),
+    (["--nproc=2", "--learning_rate=-1"], "error: learning_rate -1 is not allowed"),  # before spawning ranks
 ])
 def test_cli_exits_2_with_one_line(args, message, tiny_root, workdir, capsys):
     code = main(["--model=LLMMTL", "--dataset=amazon", f"--data_path={tiny_root}", "--epochs=1",

@@ -243,6 +243,7 @@ def _loss_type_ok(value, config):
 
 
 FIELD_LIST = optional(list_of(TEXT, "a list of field names"))
+CLUSTER_SIZES = optional(list_of(POSITIVE_INT, "a list of cluster counts (positive integers); [] = none"))
 TEMPLATE = Check(_template_ok, "~ or a mapping field -> string with exactly one {} placeholder "
                  "(write {{ and }} for literal braces), e.g. {brand: 'Brand: {}'}")
 
@@ -269,10 +270,17 @@ LLMMTL_RULES = {
     "user_text_fields": FIELD_LIST,
     "user_text_template": TEMPLATE,
     "tag_fields": FIELD_LIST,
-    "user_tag_fields": FIELD_LIST,
     "text_separator": TEXT,
     "tag_min_count": NON_NEGATIVE_INT,
     "tag_max_share": number_in(0, 1, low_open=True, high_open=False),
+    # user text and auxiliary-task targets
+    "user_text": BOOLEAN,
+    "user_history_items": NON_NEGATIVE_INT,
+    "user_text_max_length": POSITIVE_INT,
+    "user_reviews": BOOLEAN,
+    "profile_horizon": POSITIVE_INT,
+    "text_clusters": CLUSTER_SIZES,
+    "behavior_clusters": CLUSTER_SIZES,
     # architecture
     "hidden_size": POSITIVE_INT,
     "n_layers": POSITIVE_INT,
@@ -315,7 +323,8 @@ MODEL_ARCHITECTURE_KEYS = {
     "LLMMTL": ("n_experts", "use_text", "item_id_embedding", "scorer", "llm_path", "llm_mode",
                "llm_pooling", "llm_max_length", "lora_r", "lora_target_modules", "item_text_fields",
                "item_text_template", "user_text_fields", "user_text_template", "text_separator",
-               "tag_fields", "user_tag_fields", "tag_min_count", "tag_max_share", "task_weighting"),
+               "tag_fields", "tag_min_count", "tag_max_share", "task_weighting", "user_text",
+               "text_clusters", "behavior_clusters"),
 }
 
 

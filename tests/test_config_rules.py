@@ -79,6 +79,13 @@ BAD = [
     ("LLMMTL", {"tag_fields": "categories"}, "tag_fields 'categories' is not allowed: expected ~ or a list"),
     ("LLMMTL", {"tag_min_count": -1}, "tag_min_count -1 is not allowed: expected an integer >= 0"),
     ("LLMMTL", {"tag_max_share": 0}, "tag_max_share 0 is not allowed: expected a number in (0, 1]"),
+    ("LLMMTL", {"user_history_items": -1}, "user_history_items -1 is not allowed: expected an integer >= 0"),
+    ("LLMMTL", {"user_text_max_length": 0}, "user_text_max_length 0 is not allowed: expected a positive integer"),
+    ("LLMMTL", {"profile_horizon": 0}, "profile_horizon 0 is not allowed: expected a positive integer"),
+    ("LLMMTL", {"text_clusters": [16, 0]}, "text_clusters [16, 0] is not allowed: expected ~ or a list of cluster "
+                                           "counts"),
+    ("LLMMTL", {"behavior_clusters": 16}, "behavior_clusters 16 is not allowed"),
+    ("LLMMTL", {"user_reviews": "yes"}, "user_reviews 'yes' is not allowed: expected True or False"),
     ("LLMMTL", {"llm_mode": "qlora"}, "llm_mode 'qlora' is not allowed: expected one of frozen, lora, full"),
     ("LLMMTL", {"llm_pooling": "meen"}, "llm_pooling 'meen' is not allowed: expected one of auto, mean, cls, last"),
     ("LLMMTL", {"llm_dtype": "fp16"}, "llm_dtype 'fp16' is not allowed: expected one of auto, float32"),

@@ -15,6 +15,7 @@ import yaml
 from recbole.config import Config
 from recbole.model.abstract_recommender import AbstractRecommender
 
+from recbole_llm_mtl.config_rules import validate_config
 from recbole_llm_mtl.data.validate import check_dataset_files
 from recbole_llm_mtl.errors import ConfigError
 
@@ -138,6 +139,9 @@ class LLMConfig(Config):
             cfg.update({"state": "error", "show_progress": False, "verbose": False})
 
     def _set_default_parameters(self):
+        # RecBole's own checks, which follow, raise bare ValueError/NotImplementedError (or
+        # AttributeError on a non-string valid_metric): check the merged values first
+        validate_config(self.final_config_dict, self.model)
         data_path = self.final_config_dict.get("data_path")
         if data_path is None:
             # default: ./dataset/<name> when present, else the datasets shipped with us

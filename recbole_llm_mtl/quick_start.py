@@ -172,6 +172,8 @@ def main(argv=None):
         if args.nproc > 1 or args.world_size > 1:
             from recbole_llm_mtl.distributed import run_distributed
 
+            # check config and data here: an error inside a spawned rank is a traceback
+            build_config(args.model, args.dataset, files, cmd_overrides=overrides)
             result = run_distributed(args, files, overrides)[0]
             result["resumed_at_epoch"] = None
         else:

@@ -20,6 +20,7 @@ from recbole.evaluator.metrics import NDCG
 from recbole.utils import get_trainer, set_color
 
 from recbole_llm_mtl.build import recbole_warnings_filtered
+from recbole_llm_mtl.config_rules import architecture_keys
 from recbole_llm_mtl.errors import ConfigError
 
 CHECKPOINT_FORMAT = "recbole-llm-mtl/checkpoint/1"
@@ -134,6 +135,25 @@ def per_user_ndcg(config, uids, topk, k=10):
     pos_index, pos_len = metric.used_info({"rec.topk": topk})
     values = metric.metric_info(pos_index, pos_len)[:, k - 1]
     return dict(zip(uids.tolist(), values.tolist()))
+
+
+def architecture_differences(saved_config, config):
+    """``key saved (checkpoint) vs now`` for each key that shapes the model and differs."""
+    now = plain_config(config.final_config_dict)
+    return [f"{key} {saved_config[key]!r} (checkpoint) vs {now[key]!r} (now)"
+            for key in architecture_keys(config["model"])
+            if key in saved_config and key in now and saved_config[key] != now[key]]
+
+
+def state_dict_differences(saved, model):
+    """What keeps ``saved`` from loading into ``model``: missing, extra and resized tensors
+    (e.g. another dataset's item count), named in one short line."""
+    current = model.state_dict()
+    out = [f"{k} missing" for k in current if k not in saved]
+    out += [f"{k} unexpected" for k in saved if k not in current]
+    out += [f"{k} {list(saved[k].shape)} (checkpoint) vs {list(v.shape)} (now)"
+            for k, v in current.items() if k in saved and saved[k].shape != v.shape]
+    return out[:3] + ([f"{len(out) - 3} more"] if len(out) > 3 else [])
 
 
 class CheckpointMixin:
@@ -254,7 +274,16 @@ class CheckpointMixin:
         if state["model"] != self.config["model"]:
             raise ConfigError(f"checkpoint '{path}' holds a {state['model']} model, "
                               f"not {self.config['model']}")
-        self.model.load_state_dict(state["state_dict"])
+        differences = architecture_differences(state.get("config", {}), self.config)
+        if differences:
+            raise ConfigError(f"checkpoint '{path}' has another architecture: {'; '.join(differences)}. "
+                              "Use the checkpoint's values to resume it, or start a new run")
+        try:
+            self.model.load_state_dict(state["state_dict"])
+        except RuntimeError as e:  # torch's message spans many lines: name the tensors instead
+            details = state_dict_differences(state["state_dict"], self.model) or [str(e).splitlines()[0]]
+            raise ConfigError(f"checkpoint '{path}' does not fit this model: {'; '.join(details)}. "
+                              "Was it trained on other data or with another config?") from e
         self.model.load_other_parameter(state.get("other_parameter"))
         return state
 

@@ -1,0 +1,78 @@
+"""What a RecBole user does by habit works for LLMMTL, or stops with one line saying why:
+sampled evaluation, and ``--resume`` of a checkpoint that no longer fits the config."""
+
+import math
+import os
+import shutil
+
+import pytest
+
+from conftest import tiny_overrides
+from recbole_llm_mtl.errors import ConfigError
+from recbole_llm_mtl.quick_start import main, run
+
+LEAVE_ONE_OUT = {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user"}
+
+
+@pytest.mark.parametrize("mode", ["uni100", "pop100"])
+def test_sampled_evaluation_runs(mode, tiny_root, cache_dir, workdir):
+    """RecBole writes ``predict``'s scores into a float32 buffer (it crashed on float64)."""
+    overrides = tiny_overrides(tiny_root, cache_dir, eval_args={**LEAVE_ONE_OUT, "mode": mode})
+    result = run("LLMMTL", "amazon", config_dict=overrides)
+    for metrics in (result["best_valid_result"], result["test_result"]):
+        assert {"recall@10", "ndcg@10", "recall@50"} <= set(metrics)
+        assert all(0 <= v <= 1 and math.isfinite(v) for v in metrics.values())
+    # 100 sampled negatives: the target is in the top 50 of 101 far more often than in the
+    # top 50 of all items; a model ranking at random would give recall@50 about 0.5
+    assert result["test_result"]["recall@50"] > 0.5
+
+
+@pytest.fixture(scope="module")
+def last_checkpoint(tiny_root, cache_dir, tmp_path_factory):
+    """The every-epoch resume state of a one-epoch run with the default architecture."""
+    folder = tmp_path_factory.mktemp("resume")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        result = run("LLMMTL", "amazon", config_dict=tiny_overrides(tiny_root, cache_dir))
+    return result["checkpoint"][: -len(".pth")] + "-last.pth"
+
+
+@pytest.mark.parametrize("changed,message", [
+    ({"hidden_size": 32}, "hidden_size 64 (checkpoint) vs 32 (now)"),          # was a size-mismatch traceback
+    ({"n_heads": 4}, "n_heads 2 (checkpoint) vs 4 (now)"),                     # same shapes: loaded silently
+    ({"n_layers": 1, "scorer": "dot"}, "n_layers 2 (checkpoint) vs 1 (now); scorer 'mlp' (checkpoint) vs 'dot'"),
+])
+def test_resume_with_another_architecture_names_the_keys(changed, message, last_checkpoint, tiny_root,
+                                                         cache_dir, workdir):
+    with pytest.raises(ConfigError) as e:
+        run("LLMMTL", "amazon", config_dict=tiny_overrides(tiny_root, cache_dir, **changed), resume=last_checkpoint)
+    assert f"checkpoint '{last_checkpoint}' has another architecture: {message}" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_resume_with_another_architecture_exits_2(last_checkpoint, tiny_root, cache_dir, workdir, capsys):
+    args = [f"--{k}={v}" for k, v in tiny_overrides(tiny_root, cache_dir, hidden_size=32).items()]
+    code = main(["--model=LLMMTL", "--dataset=amazon", f"--resume={last_checkpoint}"] + args)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, err[-2000:]
+    assert "has another architecture: hidden_size 64 (checkpoint) vs 32 (now)" in errors[0]
+    assert "Traceback" not in err
+
+
+def test_resume_on_other_data_names_the_tensors(tiny_root, cache_dir, tmp_path, workdir):
+    """Same config, one more item in the data: no key differs, the weights do not fit."""
+    overrides = tiny_overrides(tiny_root, cache_dir, use_text=False)  # ID-only: no text to encode
+    last = run("LLMMTL", "amazon", config_dict=overrides)["checkpoint"][: -len(".pth")] + "-last.pth"
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(tiny_root, "amazon"), root / "amazon")
+    with open(root / "amazon" / "amazon.item", "a", encoding="utf-8") as f:
+        f.write("NEW_ITEM\tA new item\tIndustrial & Scientific\tAcme\n")
+    with open(root / "amazon" / "amazon.inter", "a", encoding="utf-8") as f:
+        f.write("NEW_USER\tNEW_ITEM\t0\n")
+    with pytest.raises(ConfigError) as e:
+        run("LLMMTL", "amazon", config_dict={**overrides, "data_path": str(root)}, resume=last)
+    assert f"checkpoint '{last}' does not fit this model: " in str(e.value)
+    assert "item_embedding.weight [" in str(e.value)
+    assert "Was it trained on other data or with another config?" in str(e.value)
+    assert "\n" not in str(e.value)

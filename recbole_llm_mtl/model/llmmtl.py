@@ -44,7 +44,7 @@ from recbole_llm_mtl.model.layers import (
     UserProfileExtractor,
     causal_mean,
 )
-from recbole_llm_mtl.model.tasks import TASKS, BehaviorTask, ItemSemanticsTask, Step, UserProfileTask
+from recbole_llm_mtl.model.tasks import BehaviorTask, ItemSemanticsTask, Step, UserProfileTask
 
 logger = logging.getLogger(__name__)
 

@@ -274,7 +274,7 @@ LLMMTL_RULES = {
     "tag_min_count": NON_NEGATIVE_INT,
     "tag_max_share": number_in(0, 1, low_open=True, high_open=False),
     # user text and auxiliary-task targets
-    "user_text": BOOLEAN,
+    "user_text": any_of(BOOLEAN, one_of("auto")),
     "user_history_items": NON_NEGATIVE_INT,
     "user_text_max_length": POSITIVE_INT,
     "user_reviews": BOOLEAN,

@@ -75,7 +75,7 @@ def test_user_text_holds_only_the_past(review_root, cache_dir):
 
 def test_query_reads_user_text(tiny_root, cache_dir):
     """H_u, and so the score, moves with the user-text vector of the scored position."""
-    _, _, valid, _, model = build("LLMMTL", tiny_root, cache_dir)
+    _, _, valid, _, model = build("LLMMTL", tiny_root, cache_dir, user_text=True)
     model.eval()
     with torch.no_grad():
         torch.nn.init.normal_(model.profile.text_proj.weight)
@@ -84,6 +84,13 @@ def test_query_reads_user_text(tiny_root, cache_dir):
         model.user_texts.vectors[1:] = torch.randn_like(model.user_texts.vectors[1:])
         after = model.full_sort_predict(batch)
     assert not torch.allclose(before, after)
+
+
+def test_auto_reads_user_text_where_the_dataset_has_its_own(tiny_root, review_root, cache_dir):
+    """``user_text: auto``: on with a .review file (or profile fields), off where the only
+    user text would be titles the history already holds (the amazon slice)."""
+    assert build("LLMMTL", tiny_root, cache_dir)[-1].user_texts is None
+    assert build("LLMMTL", review_root, cache_dir)[-1].user_texts.reviews
 
 
 def test_user_text_off_builds_no_table(tiny_root, cache_dir):

@@ -11,6 +11,7 @@ the train split alone, so nothing about a user's valid or test items reaches the
 """
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -147,7 +148,7 @@ class TextFeatures:
         self.use_text = config["use_text"]
         self.trainable = config["llm_mode"] != "frozen"
         user_template = template_from_config(config["user_text_fields"] or [], config["user_text_template"])
-        self.use_user_text = bool(config["user_text"]) and (self.use_text or bool(user_template))
+        self.use_user_text = self._wants_user_text(config, user_template)
         need_llm = self.use_text or self.use_user_text
         self.lm = SharedLanguageModel.from_config(config, self.trainable) if need_llm else None
         self.text_dim = self.lm.hidden_size if self.lm is not None else 0
@@ -189,6 +190,16 @@ class TextFeatures:
         self.content_labels = tags
         self.behavior_labels = behavior_clusters(rows, self.seen, config["behavior_clusters"] or [], seed)
         self.seconds = time.perf_counter() - started
+
+    def _wants_user_text(self, config, user_template):
+        """``user_text: auto`` reads user text where the dataset has some of its own (profile
+        fields or a ``.review`` file): recent titles alone repeat what H_v already holds of
+        the history, and on amazon they did not move valid NDCG@10 (tuning log, session 5)."""
+        choice = config["user_text"]
+        if choice == "auto":
+            review = os.path.join(config["data_path"], f"{config['dataset']}.review")
+            choice = bool(user_template) or (bool(config["user_reviews"]) and os.path.isfile(review))
+        return bool(choice) and (self.use_text or bool(user_template))
 
     @staticmethod
     def _item_titles(config, dataset):

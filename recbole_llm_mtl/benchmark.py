@@ -45,6 +45,8 @@ RUNS = {
     "LLMMTL w/o L_u": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}}, SEEDS),
     "LLMMTL w/o L_v": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.0}}, SEEDS),
     "LLMMTL behaviour loss only": ("LLMMTL", {"task_weights": {"behavior": 1.0}}, SEEDS),
+    "LLMMTL w/o user text": ("LLMMTL", {"user_text": False}, SEEDS),
+    "LLMMTL + user text (forced on)": ("LLMMTL", {"user_text": True}, SEEDS),
     "LLMMTL scorer: dot": ("LLMMTL", {"scorer": "dot"}, SEEDS),
     "LLMMTL text only (no ID)": ("LLMMTL", {"item_id_embedding": False}, SEEDS),
     "LLMMTL ID only (no text)": ("LLMMTL", {"use_text": False}, SEEDS),
@@ -52,6 +54,10 @@ RUNS = {
     "cold-start: LLMMTL inductive": ("LLMMTL", {"cold_item_ratio": 0.1, "item_id_embedding": False}, SEEDS),
     "cold-start: SASRec": ("SASRec", {"cold_item_ratio": 0.1}, SEEDS),
 }
+# Second protocols of the same harness (``--protocol``): overrides for every row, results in
+# their own runs folder. ``titles``: item text is the title alone and there are no tags, so
+# the auxiliary tasks must use labels the language model derives (issue 14).
+PROTOCOLS = {"": {}, "titles": {"item_text_fields": ["title"], "tag_fields": []}}
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "BPR", "LightGCN")
 PUBLISHED = {  # not re-run: RUCAIBox/VQ-Rec README, same data and protocol
     "VQ-Rec (published, not re-run)": {"recall@10": 0.1211, "ndcg@10": 0.0643, "recall@50": 0.2369, "ndcg@50": 0.0897},
@@ -121,10 +127,15 @@ def train_row(spec, result, log_path):
     return result
 
 
+def _runs_name(args):
+    """``<dataset>[-<protocol>][-tiny]``: the runs folder and report name of an invocation."""
+    return args.dataset + (f"-{args.protocol}" if args.protocol else "") + ("-tiny" if args.tiny else "")
+
+
 def run_all(args):
     from recbole_llm_mtl.trainer import latest_resume_file
 
-    runs_dir = os.path.join(args.out, "runs", args.dataset + ("-tiny" if args.tiny else ""))
+    runs_dir = os.path.join(args.out, "runs", _runs_name(args))
     os.makedirs(runs_dir, exist_ok=True)
     todo = [(n, s) for n in (args.models or list(RUNS)) for s in RUNS[n][2][: args.max_seeds]]
     for k, (name, seed) in enumerate(todo, 1):
@@ -226,7 +237,7 @@ def summarize(args, runs_dir):
     configs = {name: config_report(name, results, args.dataset) for name, results in loaded.items()}
     command = "python -m recbole_llm_mtl.benchmark " + " ".join(
         a if " " not in a else repr(a) for a in sys.argv[1:] if a != "--report_only")
-    base = os.path.join(args.out, args.dataset + ("-tiny" if args.tiny else ""))
+    base = os.path.join(args.out, _runs_name(args))
     with open(base + ".json", "w") as f:
         json.dump({"rows": rows, "significance": significance, "configs": configs, "published": PUBLISHED,
                    "commit": git_state()["commit"], "command": command}, f, indent=1, default=str)
@@ -480,6 +491,8 @@ def main(argv=None):
                         help="checkpoint folder (one sub-folder per run; a killed run resumes from it)")
     parser.add_argument("--max_seeds", type=int, default=3, help="at most this many seeds per model")
     parser.add_argument("--tiny", action="store_true", help="1 epoch each (a smoke test of the harness)")
+    parser.add_argument("--protocol", default="", choices=list(PROTOCOLS),
+                        help="a second protocol of the same split: titles = item text is the title alone, no tags")
     parser.add_argument("--data_path", default=None, help="data_path override (e.g. a small slice)")
     parser.add_argument("--note", default="", help="a sentence for the table's notes (e.g. machine load)")
     parser.add_argument("--report_only", action="store_true",
@@ -495,13 +508,13 @@ def main(argv=None):
     unknown = [m for m in (args.models or []) if m not in RUNS]
     if unknown:
         parser.error(f"unknown benchmark rows {unknown}; choose from {list(RUNS)}")
-    args.extra = {}
+    args.extra = dict(PROTOCOLS[args.protocol])
     if args.tiny:
         args.extra.update({"epochs": 1, "train_batch_size": 256})
     if args.data_path:
         args.extra["data_path"] = args.data_path
     if args.report_only:
-        runs_dir = os.path.join(args.out, "runs", args.dataset + ("-tiny" if args.tiny else ""))
+        runs_dir = os.path.join(args.out, "runs", _runs_name(args))
     else:
         runs_dir = run_all(args)
     summarize(args, runs_dir)

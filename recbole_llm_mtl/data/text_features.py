@@ -40,15 +40,18 @@ class TextEncoder:
         self.seconds = 0.0
 
     def encode(self, texts, what, max_length=None, cache=True):
+        """Vectors of ``texts``; ``cache`` (construction-time sets, the same on every rank):
+        through the content-keyed cache and, with several processes, a sharded pass."""
         start = time.perf_counter()
         encode = lambda t: self.lm.encode(t, self.batch_tokens, self.show_progress and len(t) > 256,
                                           desc=f"Encoding {what} text", max_length=max_length)
         identity = self.lm.cache_identity(max_length)
-        store = self.cache if cache else None
-        if is_distributed():
-            vectors, _ = sharded_cached_encode(store, identity, texts, encode)
+        if not cache:  # texts met while scoring: each rank has its own, so no collective pass
+            vectors = encode(texts)
+        elif is_distributed():  # every rank holds the same texts: shard the pass
+            vectors, _ = sharded_cached_encode(self.cache, identity, texts, encode)
         else:
-            vectors, _ = cached_encode(store, identity, texts, encode)
+            vectors, _ = cached_encode(self.cache, identity, texts, encode)
         self.seconds += time.perf_counter() - start
         return vectors
 

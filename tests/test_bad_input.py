@@ -140,3 +140,18 @@ def test_cache_of_another_model_setting_is_not_used(tiny_root, tmp_path):
     _, _, _, _, b = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False,
                           llm_max_length=8)
     assert len(os.listdir(cache)) == 2 and not torch.allclose(a.item_text, b.item_text)
+
+
+def test_at_most_one_item_with_text_is_named_not_a_nan_loss(copy_root, cache_dir, workdir, capsys):
+    """Text vectors are standardised over the items that have text: with one such item the
+    spread is undefined (it used to end in a NaN loss blamed on the learning rate)."""
+    def one_text(lines):
+        return lines[:2] + [line.split(b"\t")[0] + b"\t\t\t" for line in lines[2:] if line]
+    _edit(copy_root / "amazon" / "amazon.item", one_text)
+    from recbole_llm_mtl.quick_start import main
+
+    code = main(["--model=LLMMTL", "--dataset=amazon", f"--data_path={copy_root}", f"--text_cache_dir={cache_dir}",
+                 "--epochs=1", "--show_progress=False", "--state=ERROR"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: only 1 item(s) have text") and "use_text: False" in err[-1]
+    assert not list(workdir.glob("saved/**/*.pth")), "a checkpoint was written"

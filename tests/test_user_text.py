@@ -97,3 +97,19 @@ def test_user_text_off_builds_no_table(tiny_root, cache_dir):
     _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, user_text=False)
     assert model.user_texts is None and model.profile.text_proj is None
     assert all(torch.isfinite(loss) for loss in model.calculate_loss(next(iter(train))))
+
+
+def test_bad_review_file_is_named_with_its_line(tiny_root, cache_dir, tmp_path):
+    from recbole_llm_mtl.data.user_text import load_reviews
+    from recbole_llm_mtl.errors import DataError
+
+    train = build("LLMMTL", tiny_root, cache_dir, user_text=False)[1]._dataset
+    bad_header = tmp_path / "a.review"
+    bad_header.write_text("user_id:token\titem_id:token\ttext:token_seq\nu\ti\thello\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"a.review: header lacks \['timestamp'\]"):
+        load_reviews(str(bad_header), train)
+    bad_row = tmp_path / "b.review"
+    bad_row.write_text("user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq\nu\ti\tsoon\thello\n",
+                       encoding="utf-8")
+    with pytest.raises(DataError, match=r"b.review, line 2: expected user, item, a numeric timestamp"):
+        load_reviews(str(bad_row), train)

@@ -32,7 +32,8 @@ def test_two_trials_report_and_resume(tiny_root, cache_dir, workdir, monkeypatch
     best2, trials2 = tune("LLMMTL", "amazon", str(space), algo="exhaustive",
                           overrides=tiny_overrides(tiny_root, cache_dir, task_weights={"behavior": 1.0}),
                           output_dir=str(workdir / "hyper"))
-    assert best2 == best and [t["best_valid_score"] for t in trials2] == [t["best_valid_score"] for t in trials]
+    scores = lambda ts: {t["params"]["learning_rate"]: t["best_valid_score"] for t in ts}
+    assert best2 == best and scores(trials2) == scores(trials)  # (hyperopt may visit them in another order)
 
 
 def test_shipped_spaces_parse():

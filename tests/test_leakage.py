@@ -173,7 +173,10 @@ def test_training_ignores_held_out_items(held_out_runs):
     for a, b in zip(same.batches, moved.batches):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     trained_same, trained_moved = same.model.state_dict(), moved.model.state_dict()
-    differ = [k for k in trained_same if not torch.equal(trained_same[k], trained_moved[k])]
+    # identical batches (checked above), so only floating-point scheduling noise may separate the
+    # two runs: seen once across the whole file ordering of a CI run, never when run alone
+    differ = [k for k in trained_same
+              if not torch.allclose(trained_same[k].float(), trained_moved[k].float(), rtol=1e-3, atol=1e-4)]
     assert not differ, f"trained weights depend on held-out items: {differ}"
 
 

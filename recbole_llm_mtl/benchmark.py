@@ -4,7 +4,9 @@
 
 Each run is a separate process (so its peak memory is its own) that goes through the same
 ``run()`` as the CLI. Finished runs are kept as JSON under ``<out>/runs/<dataset>/`` and
-are not redone (delete a file to redo it); a killed run resumes from the resume state in its
+are not redone while their recorded config input matches what the row would run now; a
+stale one (changed model YAML, override or protocol) is moved to ``stale/`` beside it and
+run again. A killed run resumes from the resume state in its
 checkpoint folder (``--checkpoints``; delete the folder to start it afresh). Writes
 ``<out>/<dataset>.md``, ``.csv``, ``.json`` and ``<dataset>.png`` (test NDCG@10 against
 training time).
@@ -141,14 +143,19 @@ def run_all(args):
     for k, (name, seed) in enumerate(todo, 1):
         model, overrides, _ = RUNS[name]
         result = os.path.join(runs_dir, _slug(name, seed) + ".json")
-        if os.path.exists(result):
-            print(f"[{k}/{len(todo)}] {name} seed {seed}: done earlier, kept", flush=True)
-            continue
         # each row checkpoints into its own folder, so a killed row resumes where it stopped
         ckpt_dir = os.path.join(args.checkpoints, os.path.basename(runs_dir), _slug(name, seed))
-        resume = latest_resume_file(ckpt_dir)
         spec = {"model": model, "dataset": args.dataset, "checkpoint_dir": ckpt_dir,
-                "resume": resume, "overrides": {**overrides, "seed": seed, "show_progress": False, **args.extra}}
+                "overrides": {**overrides, "seed": seed, "show_progress": False, **args.extra}}
+        if os.path.exists(result):
+            why = stale_reason(result, spec)
+            if why is None:
+                print(f"[{k}/{len(todo)}] {name} seed {seed}: done earlier, kept", flush=True)
+                continue
+            moved = _set_aside(result, ckpt_dir)
+            print(f"[{k}/{len(todo)}] {name} seed {seed}: the earlier run is stale ({why}); "
+                  f"moved to {moved}, running it again", flush=True)
+        spec["resume"] = resume = latest_resume_file(ckpt_dir)
         print(f"[{k}/{len(todo)}] {name} seed {seed}: "
               + (f"resuming from {resume} ..." if resume else "training ..."), flush=True)
         t0 = time.time()
@@ -157,6 +164,47 @@ def run_all(args):
                 ndcg = json.load(f)["test_result"]["ndcg@10"]
             print(f"    test NDCG@10 {ndcg:.4f} in {time.time() - t0:.0f}s", flush=True)
     return runs_dir
+
+
+# Paths name where a run was made, not what it was: they may differ between machines.
+_NOT_IDENTITY = ("checkpoint_dir", "data_path", "show_progress")
+
+
+def stale_reason(result_path, spec):
+    """Why a finished run is not what ``spec`` would run now, or None if it still is: its
+    recorded config input (model, dataset and overall YAML plus overrides) is compared with
+    the one this invocation resolves, so a changed model YAML or override re-runs the row."""
+    from recbole_llm_mtl.config import build_config
+    from recbole_llm_mtl.trainer import plain_config
+
+    with open(result_path) as f:
+        old = json.load(f)
+    if "config_input" not in old:
+        return "made before runs recorded their config"
+    config = build_config(spec["model"], spec["dataset"], config_dict={**spec["overrides"],
+                                                                      "checkpoint_dir": spec["checkpoint_dir"]})
+    now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
+    was = old["config_input"]
+    changed = sorted(k for k in set(now) | set(was) if k not in _NOT_IDENTITY and now.get(k) != was.get(k))
+    if changed:
+        return "config changed: " + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in changed[:6]) + (
+            f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+    return None
+
+
+def _set_aside(result, ckpt_dir):
+    """Move a stale run's JSON, per-user scores and log to ``stale/`` beside them (nothing
+    is deleted), and its checkpoint folder out of the resume path."""
+    folder = os.path.join(os.path.dirname(result), "stale")
+    os.makedirs(folder, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = result[: -len(".json")]
+    for path in (result, _users_path(result), base + ".log"):
+        if os.path.exists(path):
+            os.replace(path, os.path.join(folder, f"{os.path.basename(path)}.{stamp}"))
+    if os.path.isdir(ckpt_dir):
+        os.replace(ckpt_dir, f"{ckpt_dir}.stale-{stamp}")
+    return folder
 
 
 def rerun_from_json(args):

@@ -33,6 +33,18 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert "## Configurations and provenance" in table and "`epochs: 1`" in table
     second = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert second.stdout.count("done earlier, kept") == 2 and "training ..." not in second.stdout
+    # a run made with other settings than the row now has is stale: set aside, run again
+    bpr = out / "runs" / "amazon-tiny" / "BPR-seed2020.json"
+    old = json.loads(bpr.read_text())
+    old["config_input"]["learning_rate"] = 0.123
+    bpr.write_text(json.dumps(old))
+    third = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "LLMMTL seed 2020: done earlier, kept" in third.stdout
+    assert "BPR seed 2020: the earlier run is stale (config changed: learning_rate 0.123 -> 0.001)" in third.stdout
+    kept = list((out / "runs" / "amazon-tiny" / "stale").glob("BPR-seed2020.json.*"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["config_input"]["learning_rate"] == 0.123
+    assert json.loads(bpr.read_text())["config_input"]["learning_rate"] == 0.001
 
 
 def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):

@@ -42,9 +42,11 @@ def load_dataset(config, model_class):
     return with_atomic_reader(dataset_class)(config)
 
 
-def build(config, log=None):
+def build(config, log=None, serving=False):
     """Dataset, train/valid/test loaders and the model (on ``config["device"]``) for a ready
-    ``config``. ``log`` (a logger), if given, records the dataset and the model."""
+    ``config``. ``log`` (a logger), if given, records the dataset and the model. ``serving``:
+    the model only scores, so user texts are encoded when a user is scored rather than for
+    every training position up front (the same texts: one ``key()`` decides both)."""
     model_class = get_model_class(config["model"])
     init_seed(config["seed"], config["reproducibility"])
     with recbole_warnings_filtered():
@@ -52,8 +54,9 @@ def build(config, log=None):
         if log:
             log.info(dataset)
         train, valid, test = data_preparation(config, dataset)
-    if hasattr(type(train._dataset), "text_features"):
-        train._dataset.text_features  # text vectors, user texts, task targets: from the train split
+    if hasattr(type(train._dataset), "prepare_text_features"):
+        # text vectors, user texts, task targets: from the train split
+        train._dataset.prepare_text_features(user_texts_up_front=not serving)
     # each rank of a multi-process run draws its own dropout masks
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = model_class(config, train._dataset).to(config["device"])  # train split only

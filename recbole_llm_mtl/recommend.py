@@ -95,7 +95,7 @@ class Recommender:
         if data_path:
             saved["data_path"] = data_path
         config = build_config("LLMMTL", dataset, config_dict=saved)
-        built = build(config)  # as run() built it: from the train split
+        built = build(config, serving=True)  # as run() built it: from the train split
         self.data, self.model, test = built.dataset, built.model, built.test
         self.config, self.notes = config, []
         self.candidates = torch.ones(self.data.item_num, dtype=torch.bool)
@@ -240,7 +240,7 @@ class Recommender:
     def _queries(self, rows):
         m = self.model
         history = {m.USER_ID: self.user_ids[rows], m.ITEM_SEQ: self.seq[rows], m.ITEM_SEQ_LEN: self.lens[rows]}
-        h_a, h_u, q = m.user_states(history, self.h_v)
+        h_a, h_u, q = m.user_states(history, self.h_v, last_only=True)  # the last position is read
         pick = (self.lens[rows] - 1).view(-1, 1, 1).expand(-1, 1, q.size(-1))
         gather = lambda x: x.gather(1, pick).squeeze(1)
         return gather(h_a), gather(h_u), gather(q)

@@ -52,12 +52,18 @@ class AllPositionDataset(SequentialDataset):
     def text_features(self):
         """:class:`~recbole_llm_mtl.data.text_features.TextFeatures` of this train split,
         built on first use (after every change to the split, e.g. cold-item removal)."""
+        return self.prepare_text_features()
+
+    def prepare_text_features(self, user_texts_up_front=True):
+        """Build :attr:`text_features` now. ``user_texts_up_front=False`` (serving) leaves
+        the user texts of training positions unencoded: only the texts scoring asks for are
+        encoded, as it asks."""
         if not getattr(self, "is_train_split", False):
             raise RuntimeError("text features are built from the train split only")
         if getattr(self, "_text_features", None) is None:
             from recbole_llm_mtl.data.text_features import TextFeatures
 
-            self._text_features = TextFeatures(self.config, self)
+            self._text_features = TextFeatures(self.config, self, user_texts_up_front)
         return self._text_features
 
 

@@ -142,7 +142,7 @@ class TextFeatures:
     ``train`` is the train split: features are built from it and from the item/user files
     (text is not an interaction), never from valid or test rows."""
 
-    def __init__(self, config, train):
+    def __init__(self, config, train, user_texts_up_front=True):
         started = time.perf_counter()
         self.n_items = train.item_num
         seq_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
@@ -178,7 +178,8 @@ class TextFeatures:
         if self.use_user_text:
             titles = self._item_titles(config, train)
             self.user_texts = UserTexts(config, train, titles, user_template, self.encoder)
-            self.user_texts.prepare(rows_of=train)
+            if user_texts_up_front:  # training reads them all; serving encodes what it scores
+                self.user_texts.prepare(rows_of=train)
 
         # ---- semantic labels of items, for the auxiliary tasks ----
         seed = config["seed"]

@@ -48,7 +48,7 @@ RUNS = {
     "LLMMTL w/o L_v": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.0}}, SEEDS),
     "LLMMTL behaviour loss only": ("LLMMTL", {"task_weights": {"behavior": 1.0}}, SEEDS),
     "LLMMTL w/o user text": ("LLMMTL", {"user_text": False}, SEEDS),
-    "LLMMTL + user text (forced on)": ("LLMMTL", {"user_text": True}, SEEDS),
+    "LLMMTL + recent titles as user text": ("LLMMTL", {"user_text": True, "user_recent_titles": True}, SEEDS),
     "LLMMTL scorer: dot": ("LLMMTL", {"scorer": "dot"}, SEEDS),
     "LLMMTL text only (no ID)": ("LLMMTL", {"item_id_embedding": False}, SEEDS),
     "LLMMTL ID only (no text)": ("LLMMTL", {"use_text": False}, SEEDS),

@@ -276,6 +276,7 @@ LLMMTL_RULES = {
     # user text and auxiliary-task targets
     "user_text": any_of(BOOLEAN, one_of("auto")),
     "user_history_items": NON_NEGATIVE_INT,
+    "user_recent_titles": BOOLEAN,
     "user_text_max_length": POSITIVE_INT,
     "user_reviews": BOOLEAN,
     "profile_horizon": POSITIVE_INT,

@@ -227,7 +227,7 @@ def test_serving_encodes_only_the_user_texts_it_scores(tiny_root, cache_dir, tmp
     """recommend used to encode the user text of every training position at start-up (an
     hour of CPU for ml-100k without a warm cache); it now encodes the texts of the users it
     scores, and they score as the texts training prepares for the same positions."""
-    over = tiny_overrides(tiny_root, cache_dir, user_text=True, checkpoint_dir=str(tmp_path))
+    over = tiny_overrides(tiny_root, cache_dir, user_text=True, user_recent_titles=True, checkpoint_dir=str(tmp_path))
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:

@@ -61,7 +61,7 @@ def _check_rows(model, ds, batch, last_only):
 
 
 def test_user_text_holds_only_the_past(review_root, cache_dir):
-    config, train, valid, test, model = build("LLMMTL", review_root, cache_dir)
+    config, train, valid, test, model = build("LLMMTL", review_root, cache_dir, user_recent_titles=True)
     assert model.user_texts is not None and model.user_texts.reviews
     ds = train._dataset
     n = sum(_check_rows(model, ds, batch, last_only=False) for batch in list(train)[:3])
@@ -75,7 +75,7 @@ def test_user_text_holds_only_the_past(review_root, cache_dir):
 
 def test_query_reads_user_text(tiny_root, cache_dir):
     """H_u, and so the score, moves with the user-text vector of the scored position."""
-    _, _, valid, _, model = build("LLMMTL", tiny_root, cache_dir, user_text=True)
+    _, _, valid, _, model = build("LLMMTL", tiny_root, cache_dir, user_text=True, user_recent_titles=True)
     model.eval()
     with torch.no_grad():
         torch.nn.init.normal_(model.profile.text_proj.weight)
@@ -84,6 +84,21 @@ def test_query_reads_user_text(tiny_root, cache_dir):
         model.user_texts.vectors[1:] = torch.randn_like(model.user_texts.vectors[1:])
         after = model.full_sort_predict(batch)
     assert not torch.allclose(before, after)
+
+
+def test_default_user_text_is_reviews_without_titles(review_root, cache_dir):
+    """``user_recent_titles: False`` (the default): the reviews of the recent items, no titles."""
+    _, train, _, _, model = build("LLMMTL", review_root, cache_dir)
+    texts = [t for t in map(model.user_texts.text, list(model.user_texts.rows)[:200]) if t]
+    assert len(texts) > 50 and all(t.startswith("Review: rvw") for t in texts)
+    assert not any("Recently:" in t for t in texts)
+
+
+def test_forced_user_text_with_nothing_to_read_stops(tiny_root, cache_dir):
+    from recbole_llm_mtl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="user_text is True but amazon has no user text to read.*user_recent_titles"):
+        build("LLMMTL", tiny_root, cache_dir, user_text=True)
 
 
 def test_auto_reads_user_text_where_the_dataset_has_its_own(tiny_root, review_root, cache_dir):

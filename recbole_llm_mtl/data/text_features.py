@@ -198,12 +198,18 @@ class TextFeatures:
     def _wants_user_text(self, config, user_template):
         """``user_text: auto`` reads user text where the dataset has some of its own (profile
         fields or a ``.review`` file): recent titles alone repeat what H_v already holds of
-        the history, and on amazon they did not move valid NDCG@10 (tuning log, session 5)."""
+        the history, and on amazon they did not move valid NDCG@10 (tuning log, session 5).
+        ``user_text: True`` with nothing to read stops with one line."""
         choice = config["user_text"]
+        review = os.path.join(config["data_path"], f"{config['dataset']}.review")
+        own = bool(user_template) or (bool(config["user_reviews"]) and os.path.isfile(review))
         if choice == "auto":
-            review = os.path.join(config["data_path"], f"{config['dataset']}.review")
-            choice = bool(user_template) or (bool(config["user_reviews"]) and os.path.isfile(review))
-        return bool(choice) and (self.use_text or bool(user_template))
+            return own
+        if choice and not own and not (config["user_recent_titles"] and config["item_text_fields"]):
+            raise ConfigError(f"user_text is True but {config['dataset']} has no user text to read: no "
+                              f"user_text_fields, no {review} (with user_reviews: True) and user_recent_titles "
+                              "is False; set user_recent_titles: True to read the recent items' titles")
+        return bool(choice)
 
     @staticmethod
     def _item_titles(config, dataset):

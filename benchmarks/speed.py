@@ -155,7 +155,7 @@ def user_text_bench(model):
     lm.encode(texts, show_progress=False, max_length=texts_of.max_length)
     seconds = time.perf_counter() - start
     return {"texts": len(texts), "tokens": tokens, "seconds": seconds, "max_length": texts_of.max_length,
-            "history_items": texts_of.k, "tokens_per_s": tokens / seconds}
+            "history_items": texts_of.k, "recent_titles": texts_of.recent_titles, "tokens_per_s": tokens / seconds}
 
 
 def main(argv=None):
@@ -251,9 +251,10 @@ def write_report(res, args):
         "matrix is ever built."]
     ut = res.get("user_text")
     if ut:
-        lines += ["", f"User text: {ut['texts']} distinct texts for the training positions (titles of the last "
-                  f"{ut['history_items']} items, newest first, plus profile fields and reviews where the dataset has "
-                  f"them; at most {ut['max_length']} tokens), {ut['tokens']} real tokens, encoded cold in "
+        read = (f"profile fields, reviews of the last {ut['history_items']} items"
+                + (" and their titles, newest first" if ut.get("recent_titles") else ""))
+        lines += ["", f"User text: {ut['texts']} distinct texts for the training positions ({read}, where the dataset "
+                  f"has them; at most {ut['max_length']} tokens), {ut['tokens']} real tokens, encoded cold in "
                   f"{ut['seconds']:.1f}s ({ut['tokens_per_s']:.0f} tokens/s, length-sorted batches). The vectors are "
                   "cached by content, so warm runs pay nothing; validation and test add one text per user (the "
                   "last position), encoded when first scored."]

@@ -79,7 +79,7 @@ def one_of(*options, case_sensitive=True):
 
 def optional(check):
     """``~`` (None) or a value passing ``check``."""
-    return Check(lambda v, c: v is None or check.test(v, c), f"~ or {check.allowed}")
+    return Check(lambda v, c: v is None or check.test(v, c), lambda c: f"~ or {_allowed(check, c)}")
 
 
 def list_of(check, what, non_empty=False):
@@ -90,13 +90,13 @@ def list_of(check, what, non_empty=False):
 def any_of(*checks):
     """A value passing one of ``checks`` (RecBole accepts ``topk: 10`` and ``topk: [10, 50]``)."""
     return Check(lambda v, c: any(check.test(v, c) for check in checks),
-                 " or ".join(check.allowed for check in checks))
+                 lambda c: " or ".join(_allowed(check, c) for check in checks))
 
 
 def _cross(check, extra_test, extra_words):
     """``check`` plus a condition that reads other keys of the config."""
     def allowed(config):
-        return f"{check.allowed}, {extra_words(config) if callable(extra_words) else extra_words}"
+        return f"{_allowed(check, config)}, {extra_words(config) if callable(extra_words) else extra_words}"
 
     return Check(lambda v, c: check.test(v, c) and extra_test(v, c), allowed)
 
@@ -304,6 +304,8 @@ LLMMTL_RULES = {
                           "behavior > 0 (the ranking task), the others >= 0 (0 or absent removes a task)"),
     "task_weighting": one_of("fixed", "uncertainty"),
     "train_all_positions": BOOLEAN,
+    "train_window_stride": optional(_cross(POSITIVE_INT, lambda v, c: v <= c.get("MAX_ITEM_LIST_LENGTH", v),
+                                           lambda c: f"at most MAX_ITEM_LIST_LENGTH ({c.get('MAX_ITEM_LIST_LENGTH')})")),
     "warm_up_step": NON_NEGATIVE_INT,
     # RecBole habits that LLMMTL does not follow
     "train_neg_sample_args": Check(lambda v, c: v is None or (

@@ -80,6 +80,9 @@ BAD = [
     ("LLMMTL", {"tag_min_count": -1}, "tag_min_count -1 is not allowed: expected an integer >= 0"),
     ("LLMMTL", {"tag_max_share": 0}, "tag_max_share 0 is not allowed: expected a number in (0, 1]"),
     ("LLMMTL", {"user_history_items": -1}, "user_history_items -1 is not allowed: expected an integer >= 0"),
+    ("LLMMTL", {"user_recent_titles": "yes"}, "user_recent_titles 'yes' is not allowed: expected True or False"),
+    ("LLMMTL", {"train_window_stride": 50}, "train_window_stride 50 is not allowed: expected ~ or a positive integer, "
+                                            "at most MAX_ITEM_LIST_LENGTH (20)"),
     ("LLMMTL", {"user_text_max_length": 0}, "user_text_max_length 0 is not allowed: expected a positive integer"),
     ("LLMMTL", {"profile_horizon": 0}, "profile_horizon 0 is not allowed: expected a positive integer"),
     ("LLMMTL", {"text_clusters": [16, 0]}, "text_clusters [16, 0] is not allowed: expected ~ or a list of cluster "

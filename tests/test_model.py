@@ -139,3 +139,42 @@ def test_causal_no_future_item_reaches_a_position(built):
         _, _, q2 = model.user_states(one(), h_v)
     assert torch.allclose(q1[0, : t + 1], q2[0, : t + 1], atol=1e-5)
     assert not torch.allclose(q1[0, t + 1:], q2[0, t + 1:])
+
+
+@pytest.mark.parametrize("stride", [None, 2])
+def test_training_windows_cover_every_target(tiny_root, cache_dir, stride):
+    """Rows kept for all-position training (windows of MAX_ITEM_LIST_LENGTH = 5) against
+    RecBole's own one-row-per-prefix train split: every target is trained, exactly once with
+    disjoint windows; with ``train_window_stride: 2`` each is also trained with a context of
+    at least 5 - 2 + 1 items whenever the user has that many before it."""
+    from recbole_llm_mtl.data.dataset import all_position_rows
+
+    window = 5
+    train = build("LLMMTL", tiny_root, cache_dir, train_all_positions=False, MAX_ITEM_LIST_LENGTH=window,
+                  train_window_stride=stride)[1]._dataset.inter_feat
+    users, times = train["user_id"].numpy(), train["timestamp"].numpy()
+    lengths = train["item_length"].numpy()
+    kept = set(all_position_rows(users, times, window, stride).tolist())
+    rows_of_user = {}  # each user's prefix rows in time order: row q predicts the user's item q + 1
+    for i in sorted(range(len(users)), key=lambda i: (users[i], times[i])):
+        rows_of_user.setdefault(users[i], []).append(i)
+    checked = short = 0
+    for rows in rows_of_user.values():
+        contexts = [[] for _ in rows]  # per target: the context lengths it is trained with
+        for t, r in enumerate(rows):
+            if r in kept:
+                n = lengths[r]
+                for p in range(n):  # position p of row t predicts the target of row t + 1 - n + p
+                    contexts[t + 1 - n + p].append(p + 1)
+        for q, got in enumerate(contexts):
+            best = lengths[rows[q]]  # the longest context RecBole's own row gives this target
+            assert got, "a target is never trained"
+            if stride is None:
+                assert len(got) == 1
+                short += max(got) < best
+            else:
+                assert max(got) >= min(best, window - stride + 1), (q, got)
+            checked += 1
+    assert len(kept) < len(users) and checked == len(users)
+    if stride is None:  # disjoint windows: some targets with long histories see only a short context
+        assert short > 0

@@ -14,19 +14,24 @@ from recbole_llm_mtl.data.validate import read_atomic_file
 from recbole_llm_mtl.errors import DataError
 
 
-def all_position_rows(user_ids, times, window):
-    """Indices of the train rows to keep so each train target is predicted exactly once.
+def all_position_rows(user_ids, times, window, stride=None):
+    """Indices of the train rows to keep so each train target is predicted exactly once
+    (``stride`` = ``window``, the default) or, with a smaller ``stride``, about
+    ``window / stride`` times from overlapping windows.
 
     RecBole's augmentation makes one row per prefix (history of at most ``window`` items
     -> target). A causal model reads a row at every position, so the row of a user's last
     target already covers the ``window`` targets before it; keep that row, the one
-    ``window`` targets earlier, and so on.
+    ``stride`` targets earlier, and so on. With disjoint windows the first positions of a
+    window see few items of context although the user has a long history (evaluation
+    always reads the last ``window`` items); overlapping windows train those targets with
+    a long context too.
     """
     order = np.lexsort((-np.asarray(times), np.asarray(user_ids)))  # user, newest first
     users = np.asarray(user_ids)[order]
     starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1]
     rank = np.arange(len(users)) - np.repeat(starts, np.diff(np.r_[starts, len(users)]))
-    return np.sort(order[rank % window == 0])
+    return np.sort(order[rank % (stride or window) == 0])
 
 
 class AllPositionDataset(SequentialDataset):
@@ -43,7 +48,7 @@ class AllPositionDataset(SequentialDataset):
             train = datasets[0]
             keep = all_position_rows(train.inter_feat[self.uid_field].numpy(),
                                      train.inter_feat[self.time_field].numpy(),
-                                     self.config["MAX_ITEM_LIST_LENGTH"])
+                                     self.config["MAX_ITEM_LIST_LENGTH"], self.config["train_window_stride"])
             datasets[0] = train.copy(train.inter_feat[keep])
         datasets[0].is_train_split = True
         return datasets

@@ -61,9 +61,15 @@ RUNS = {
 # the auxiliary tasks must use labels the language model derives (issue 14).
 PROTOCOLS = {"": {}, "titles": {"item_text_fields": ["title"], "tag_fields": []}}
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "BPR", "LightGCN")
-PUBLISHED = {  # not re-run: RUCAIBox/VQ-Rec README, same data and protocol
-    "VQ-Rec (published, not re-run)": {"recall@10": 0.1211, "ndcg@10": 0.0643, "recall@50": 0.2369, "ndcg@50": 0.0897},
+PUBLISHED = {  # not re-run: RUCAIBox/VQ-Rec README, same data and protocol (amazon as shipped only)
+    "amazon": {"VQ-Rec (published, not re-run)": {"recall@10": 0.1211, "ndcg@10": 0.0643, "recall@50": 0.2369,
+                                                  "ndcg@50": 0.0897}},
 }
+
+
+def published(args):
+    """Published figures for exactly this dataset and protocol (none for other protocols)."""
+    return {} if args.protocol else PUBLISHED.get(args.dataset, {})
 
 
 def _slug(name, seed):
@@ -287,7 +293,7 @@ def summarize(args, runs_dir):
         a if " " not in a else repr(a) for a in sys.argv[1:] if a != "--report_only")
     base = os.path.join(args.out, _runs_name(args))
     with open(base + ".json", "w") as f:
-        json.dump({"rows": rows, "significance": significance, "configs": configs, "published": PUBLISHED,
+        json.dump({"rows": rows, "significance": significance, "configs": configs, "published": published(args),
                    "commit": git_state()["commit"], "command": command}, f, indent=1, default=str)
     with open(base + ".csv", "w", newline="") as f:
         fields = list(dict.fromkeys(k for r in rows for k in r)) or ["model"]  # cold rows add columns
@@ -295,7 +301,7 @@ def summarize(args, runs_dir):
         writer.writeheader()
         writer.writerows(rows)
     _markdown(base + ".md", rows, args, command, significance, configs, loaded)
-    _plot(base + ".png", rows)
+    _plot(base + ".png", rows, published(args))
     print(f"wrote {base}.md/.csv/.json/.png")
 
 
@@ -399,7 +405,7 @@ def _fmt_p(test):
     return f"{test['p_wilcoxon']:.1e}" if test["p_wilcoxon"] < 1e-3 else f"{test['p_wilcoxon']:.3f}"
 
 
-def _main_table(rows, significance, best):
+def _main_table(rows, significance, best, reference):
     cols = METRICS
     lines = ["| model | seeds | " + " | ".join(cols) + " | valid ndcg@10 | p vs best baseline"
              + " | best epoch | s/epoch | train s | eval s | peak RSS MB |",
@@ -411,7 +417,7 @@ def _main_table(rows, significance, best):
                      + f" | {'-' if r['best_epoch'] is None else format(r['best_epoch'], '.3g')}"
                      + f" | {r['seconds_per_epoch']:.1f} | {r['fit_seconds']:.0f} | {r['eval_seconds']:.1f}"
                      + f" | {r['peak_rss_mb']:.0f} |")
-    for name, vals in PUBLISHED.items():
+    for name, vals in reference.items():
         lines.append(f"| {name} | - | " + " | ".join(f"{vals[c]:.4f}" if c in vals else "-" for c in cols)
                      + " | - | - | - | - | - | - | - |")
     return lines
@@ -493,7 +499,7 @@ def _markdown(path, rows, args, command, significance, configs, loaded):
     lines = [f"# {args.dataset}: LLMMTL vs RecBole baselines", "",
              "Leave-one-out by time, full ranking over all items, test split; mean ± std over seeds "
              "where seeds > 1; valid ndcg@10 is the best-valid score that early stopping selected on.", ""]
-    lines += _main_table(rows, significance, best)
+    lines += _main_table(rows, significance, best, published(args))
     lines += _significance_lines(significance, rows, best)
     lines += _cold_lines(rows)
     lines += _config_lines(configs)
@@ -505,7 +511,7 @@ def _markdown(path, rows, args, command, significance, configs, loaded):
         f.write("\n".join(lines))
 
 
-def _plot(path, rows):
+def _plot(path, rows, reference):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -519,7 +525,7 @@ def _plot(path, rows):
         ablation = _is_ablation(r["model"])
         ax.scatter(r["fit_seconds"], r["ndcg@10"], s=28 if ablation else 48, marker="x" if ablation else "o",
                    color=colors[k % len(colors)], label=r["model"])
-    for name, vals in PUBLISHED.items():
+    for name, vals in reference.items():
         ax.axhline(vals["ndcg@10"], ls="--", lw=0.8, color="gray")
         ax.text(ax.get_xlim()[1], vals["ndcg@10"], name + " ", fontsize=7, va="bottom", ha="right", color="gray")
     ax.set_xlabel("training time to early stop (s, this machine)")

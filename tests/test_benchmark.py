@@ -105,3 +105,15 @@ def test_rerun_from_json_remakes_the_run(tiny_root, workdir):
     before = json.loads(original.read_text())
     assert remade["config"] == before["config"] | {"checkpoint_dir": remade["config"]["checkpoint_dir"]}
     assert remade["test_result"] == before["test_result"]
+
+
+def test_published_figures_only_for_their_own_dataset_and_protocol():
+    """VQ-Rec's figures are on amazon as shipped: the ml-100k and titles-only tables used to
+    show them as a reference line too."""
+    from argparse import Namespace
+
+    from recbole_llm_mtl.benchmark import published
+
+    assert "VQ-Rec (published, not re-run)" in published(Namespace(dataset="amazon", protocol=""))
+    assert published(Namespace(dataset="amazon", protocol="titles")) == {}
+    assert published(Namespace(dataset="ml-100k", protocol="")) == {}

@@ -179,7 +179,9 @@ _NOT_IDENTITY = ("checkpoint_dir", "data_path", "show_progress")
 def stale_reason(result_path, spec):
     """Why a finished run is not what ``spec`` would run now, or None if it still is: its
     recorded config input (model, dataset and overall YAML plus overrides) is compared with
-    the one this invocation resolves, so a changed model YAML or override re-runs the row."""
+    the one this invocation resolves, so a changed model YAML or override re-runs the row.
+    A key added since the run with the value ``~`` is not a change: new keys default to ``~``
+    where that keeps the earlier behaviour (``train_window_stride``)."""
     from recbole_llm_mtl.config import build_config
     from recbole_llm_mtl.trainer import plain_config
 
@@ -191,7 +193,8 @@ def stale_reason(result_path, spec):
                                                                       "checkpoint_dir": spec["checkpoint_dir"]})
     now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
     was = old["config_input"]
-    changed = sorted(k for k in set(now) | set(was) if k not in _NOT_IDENTITY and now.get(k) != was.get(k))
+    changed = sorted(k for k in set(now) | set(was) if k not in _NOT_IDENTITY and now.get(k) != was.get(k)
+                     and not (k not in was and now[k] is None))
     if changed:
         return "config changed: " + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in changed[:6]) + (
             f" and {len(changed) - 6} more" if len(changed) > 6 else "")

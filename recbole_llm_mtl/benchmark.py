@@ -291,19 +291,20 @@ def summarize(args, runs_dir):
             rows.append(summarize_row(name, results))
     args.run_commits = {r.get("commit", "unknown") for results in loaded.values() for r in results}
     significance = compare_with_best_baseline(rows, loaded)
+    parts = compare_parts(rows, loaded)
     configs = {name: config_report(name, results, args.dataset) for name, results in loaded.items()}
     command = "python -m recbole_llm_mtl.benchmark " + " ".join(
         a if " " not in a else repr(a) for a in sys.argv[1:] if a != "--report_only")
     base = os.path.join(args.out, _runs_name(args))
     with open(base + ".json", "w") as f:
-        json.dump({"rows": rows, "significance": significance, "configs": configs, "published": published(args),
+        json.dump({"rows": rows, "significance": significance, "parts": parts, "configs": configs, "published": published(args),
                    "commit": git_state()["commit"], "command": command}, f, indent=1, default=str)
     with open(base + ".csv", "w", newline="") as f:
         fields = list(dict.fromkeys(k for r in rows for k in r)) or ["model"]  # cold rows add columns
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    _markdown(base + ".md", rows, args, command, significance, configs, loaded)
+    _markdown(base + ".md", rows, args, command, significance, parts, configs, loaded)
     _plot(base + ".png", rows, published(args))
     print(f"wrote {base}.md/.csv/.json/.png")
 
@@ -315,23 +316,51 @@ def best_baseline(rows):
     return max(baselines, key=lambda r: r["ndcg@10"]) if baselines else None
 
 
+def _test_per_user(loaded, name):
+    """{user: test NDCG@10 averaged over the row's seeds}."""
+    from recbole_llm_mtl.significance import seed_mean
+
+    return seed_mean([r["per_user"]["test"] for r in loaded[name] if (r.get("per_user") or {}).get("test")])
+
+
 def compare_with_best_baseline(rows, loaded):
     """Paired test over users, test NDCG@10 (per-user means over seeds), of every LLMMTL
     row against the best baseline: {row name: paired_test result}."""
-    from recbole_llm_mtl.significance import paired_test, seed_mean
+    from recbole_llm_mtl.significance import paired_test
 
     best = best_baseline(rows)
     if best is None:
         return {}
-    per_user = lambda name: seed_mean([r["per_user"]["test"] for r in loaded[name]
-                                       if (r.get("per_user") or {}).get("test")])
-    reference = per_user(best["model"])
+    reference = _test_per_user(loaded, best["model"])
     out = {}
     for row in rows:
         if RUNS[row["model"]][0] == "LLMMTL" and not _is_cold(row) and reference:
-            test = paired_test(per_user(row["model"]), reference)
+            test = paired_test(_test_per_user(loaded, row["model"]), reference)
             if test:
                 out[row["model"]] = {**test, "baseline": best["model"]}
+    return out
+
+
+def compare_parts(rows, loaded):
+    """What the part each LLMMTL ablation row leaves out adds: full LLMMTL minus the row,
+    mean test NDCG@10, against seed noise (the bar: a gain above twice the larger seed
+    standard deviation of the two rows) and as a paired test over users."""
+    from recbole_llm_mtl.significance import paired_test
+
+    by_name = {r["model"]: r for r in rows}
+    full = by_name.get("LLMMTL")
+    if full is None:
+        return {}
+    out = {}
+    for row in rows:
+        name = row["model"]
+        if name == "LLMMTL" or RUNS[name][0] != "LLMMTL" or _is_cold(row):
+            continue
+        stds = [s for s in (full["ndcg@10_std"], row["ndcg@10_std"]) if s is not None]
+        noise = max(stds) if len(stds) == 2 else None
+        gain = full["ndcg@10"] - row["ndcg@10"]
+        out[name] = {"gain": gain, "seed_std": noise, "beyond_2std": None if noise is None else gain > 2 * noise,
+                     **(paired_test(_test_per_user(loaded, "LLMMTL"), _test_per_user(loaded, name)) or {})}
     return out
 
 
@@ -447,6 +476,23 @@ def _significance_lines(significance, rows, best):
     return lines
 
 
+def _parts_lines(parts):
+    if not parts:
+        return []
+    lines = ["", "## What each part adds", "",
+             "Full LLMMTL minus each ablation row, mean test NDCG@10: a part earns its place when the gain is "
+             "above twice the larger seed standard deviation of the two rows; the paired test over users "
+             "(per-user means over seeds; bootstrap interval, Wilcoxon p) is the finer look.", "",
+             "| row | gain of the full model | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p |",
+             "|---|---|---|---|---|---|"]
+    for name, t in parts.items():
+        two_std = "-" if t["seed_std"] is None else f"{2 * t['seed_std']:.4f}"
+        beyond = {None: "- (one seed)", True: "yes", False: "no"}[t["beyond_2std"]]
+        ci = f"[{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]" if "ci95" in t else "-"
+        lines.append(f"| {name} | {t['gain']:+.4f} | {two_std} | {beyond} | {ci} | {_fmt_p(t) if 'p_wilcoxon' in t else '-'} |")
+    return lines
+
+
 def _cold_lines(rows):
     cold = [r for r in rows if _is_cold(r)]
     if not cold:
@@ -495,7 +541,7 @@ def _config_lines(configs):
     return lines
 
 
-def _markdown(path, rows, args, command, significance, configs, loaded):
+def _markdown(path, rows, args, command, significance, parts, configs, loaded):
     from recbole_llm_mtl.provenance import git_state
 
     best = best_baseline(rows)
@@ -504,6 +550,7 @@ def _markdown(path, rows, args, command, significance, configs, loaded):
              "where seeds > 1; valid ndcg@10 is the best-valid score that early stopping selected on.", ""]
     lines += _main_table(rows, significance, best, published(args))
     lines += _significance_lines(significance, rows, best)
+    lines += _parts_lines(parts)
     lines += _cold_lines(rows)
     lines += _config_lines(configs)
     if args.note:

@@ -13,7 +13,7 @@ from conftest import ROOT
 def test_harness_tiny_and_resumable(tiny_root, workdir):
     out = workdir / "results"
     cmd = [sys.executable, "-m", "recbole_llm_mtl.benchmark", "--dataset", "amazon", "--tiny", "--data_path", tiny_root,
-           "--models", "LLMMTL", "BPR", "--max_seeds", "1", "--out", str(out)]
+           "--models", "LLMMTL", "LLMMTL w/o L_u", "BPR", "--max_seeds", "1", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=ROOT)
     first = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -23,7 +23,12 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     table = (out / "amazon-tiny.md").read_text()
     assert "| LLMMTL | 1 |" in table and "| BPR | 1 |" in table and "VQ-Rec (published, not re-run)" in table
     data = json.loads((out / "amazon-tiny.json").read_text())
-    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "BPR"} and data["commit"]
+    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL w/o L_u", "BPR"} and data["commit"]
+    # what the left-out part adds: full minus ablation, paired over the same users
+    part = data["parts"]["LLMMTL w/o L_u"]
+    assert part["beyond_2std"] is None and part["users"] == 300  # one seed: no seed std to compare with
+    assert abs(part["gain"] - part["mean_diff"]) < 1e-4
+    assert "## What each part adds" in table and "| LLMMTL w/o L_u | " in table
     _check_provenance(out / "runs" / "amazon-tiny" / "LLMMTL-seed2020.json")
     # the paired test over users: LLMMTL against the only (so the best) baseline
     test = data["significance"]["LLMMTL"]
@@ -32,7 +37,7 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert "## Paired test over users" in table and "| BPR | 1 |" in table and "(reference)" in table
     assert "## Configurations and provenance" in table and "`epochs: 1`" in table
     second = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
-    assert second.stdout.count("done earlier, kept") == 2 and "training ..." not in second.stdout
+    assert second.stdout.count("done earlier, kept") == 3 and "training ..." not in second.stdout
     # a run made with other settings than the row now has is stale: set aside, run again
     bpr = out / "runs" / "amazon-tiny" / "BPR-seed2020.json"
     old = json.loads(bpr.read_text())

@@ -172,14 +172,11 @@ def run_all(args):
     return runs_dir
 
 
-# Paths name where a run was made, not what it was: they may differ between machines.
-_NOT_IDENTITY = ("checkpoint_dir", "data_path", "show_progress")
-
-
 def stale_reason(result_path, spec):
     """Why a finished run is not what ``spec`` would run now, or None if it still is: its
     recorded config input (model, dataset and overall YAML plus overrides) is compared with
-    the one this invocation resolves, so a changed model YAML or override re-runs the row.
+    the one this invocation resolves (where and how verbosely it ran aside: ``NOT_CONFIG``), so
+    a changed model YAML or override re-runs the row.
     A key added since the run with the value ``~`` is not a change: new keys default to ``~``
     where that keeps the earlier behaviour (``train_window_stride``)."""
     from recbole_llm_mtl.config import build_config
@@ -193,7 +190,7 @@ def stale_reason(result_path, spec):
                                                                       "checkpoint_dir": spec["checkpoint_dir"]})
     now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
     was = old["config_input"]
-    changed = sorted(k for k in set(now) | set(was) if k not in _NOT_IDENTITY and now.get(k) != was.get(k)
+    changed = sorted(k for k in set(now) | set(was) if k not in NOT_CONFIG and now.get(k) != was.get(k)
                      and not (k not in was and now[k] is None))
     if changed:
         return "config changed: " + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in changed[:6]) + (
@@ -351,6 +348,7 @@ def compare_parts(rows, loaded):
     full = by_name.get("LLMMTL")
     if full is None:
         return {}
+    full_users = _test_per_user(loaded, "LLMMTL")
     out = {}
     for row in rows:
         name = row["model"]
@@ -360,7 +358,7 @@ def compare_parts(rows, loaded):
         noise = max(stds) if len(stds) == 2 else None
         gain = full["ndcg@10"] - row["ndcg@10"]
         out[name] = {"gain": gain, "seed_std": noise, "beyond_2std": None if noise is None else gain > 2 * noise,
-                     **(paired_test(_test_per_user(loaded, "LLMMTL"), _test_per_user(loaded, name)) or {})}
+                     **(paired_test(full_users, _test_per_user(loaded, name)) or {})}
     return out
 
 

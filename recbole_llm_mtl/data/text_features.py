@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_llm_mtl.data.user_text import UserTexts
+from recbole_llm_mtl.data.user_text import UserTexts, review_path
 from recbole_llm_mtl.distributed import is_distributed, sharded_cached_encode
 from recbole_llm_mtl.errors import ConfigError, DataError
 from recbole_llm_mtl.text.cache import VectorCache, cached_encode
@@ -201,7 +201,7 @@ class TextFeatures:
         the history, and on amazon they did not move valid NDCG@10 (tuning log, session 5).
         ``user_text: True`` with nothing to read stops with one line."""
         choice = config["user_text"]
-        review = os.path.join(config["data_path"], f"{config['dataset']}.review")
+        review = review_path(config)
         own = bool(user_template) or (bool(config["user_reviews"]) and os.path.isfile(review))
         if choice == "auto":
             return own

@@ -32,6 +32,11 @@ from recbole_llm_mtl.text.templates import render_texts
 
 logger = logging.getLogger(__name__)
 
+def review_path(config):
+    """Where a dataset's review texts are read from: ``<data_path>/<dataset>.review``."""
+    return os.path.join(config["data_path"], f"{config['dataset']}.review")
+
+
 REVIEW_SNIPPET = 300  # characters of one review kept in user text (the token limit cuts the rest)
 
 
@@ -79,7 +84,7 @@ class UserTexts:
         self.profile = None
         if profile_template:
             self.profile, _ = render_texts(dataset, dataset.user_feat, profile_template, self.separator, "user")
-        path = os.path.join(config["data_path"], f"{config['dataset']}.review")
+        path = review_path(config)
         self.reviews = load_reviews(path, dataset) if config["user_reviews"] and os.path.isfile(path) else {}
         if self.reviews:
             logger.info(f"user text reads {sum(map(len, self.reviews.values()))} review texts from {path}")

@@ -24,6 +24,7 @@ from recbole.evaluator.register import metric_information, metric_types
 
 from recbole_llm_mtl.errors import ConfigError
 from recbole_llm_mtl.model.tasks import TASKS  # LLMMTL's losses by name
+from recbole_llm_mtl.text.encoder import DTYPES, POOLINGS  # the encoder's own lists, so the two cannot drift
 
 Check = namedtuple("Check", "test allowed")
 
@@ -252,9 +253,9 @@ LLMMTL_RULES = {
     "llm_path": Check(lambda v, c: isinstance(v, str) and v.strip() != "",
                       "'default' or a HuggingFace model folder or hub name"),
     "llm_mode": one_of("frozen", "lora", "full"),
-    "llm_pooling": one_of("auto", "mean", "cls", "last"),
+    "llm_pooling": one_of(*POOLINGS),
     "llm_max_length": POSITIVE_INT,
-    "llm_dtype": one_of("auto", "float32", "float16", "bfloat16"),
+    "llm_dtype": one_of("auto", *DTYPES),
     "llm_batch_tokens": POSITIVE_INT,
     "text_cache_dir": optional(TEXT),
     "lora_r": POSITIVE_INT,

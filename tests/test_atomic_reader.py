@@ -75,21 +75,18 @@ def test_utf8_bom_is_dropped(root):
         assert ds.n_loaded == len(_lines(root / "amazon" / "amazon.inter")) - 1
 
 
-def test_row_with_too_many_values_names_file_and_line(root):
-    item = root / "amazon" / "amazon.item"
-    lines = _lines(item)
-    lines[4] += "\tstray value"
-    _write(item, lines)
-    with pytest.raises(DataError, match=r"amazon.item, line 5: 5 tab-separated values but the header has 4"):
-        _dataset(root)
-
-
-def test_non_numeric_float_names_file_and_line(root):
-    inter = root / "amazon" / "amazon.inter"
-    lines = _lines(inter)
-    lines[2] = lines[2].rsplit("\t", 1)[0] + "\tyesterday"
-    _write(inter, lines)
-    with pytest.raises(DataError, match=r"amazon.inter, line 3: timestamp value 'yesterday' is not a number"):
+@pytest.mark.parametrize("name, row, edit, message", [
+    ("amazon.item", 4, lambda line: line + "\tstray value",
+     r"amazon.item, line 5: 5 tab-separated values but the header has 4"),
+    ("amazon.inter", 2, lambda line: line.rsplit("\t", 1)[0] + "\tyesterday",
+     r"amazon.inter, line 3: timestamp value 'yesterday' is not a number"),
+], ids=["too-many-values", "non-numeric-float"])
+def test_malformed_row_names_file_and_line(root, name, row, edit, message):
+    path = root / "amazon" / name
+    lines = _lines(path)
+    lines[row] = edit(lines[row])
+    _write(path, lines)
+    with pytest.raises(DataError, match=message):
         _dataset(root)
 
 

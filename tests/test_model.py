@@ -141,12 +141,15 @@ def test_causal_no_future_item_reaches_a_position(built):
     assert not torch.allclose(q1[0, t + 1:], q2[0, t + 1:])
 
 
-@pytest.mark.parametrize("stride", [None, 2])
-def test_training_windows_cover_every_target(tiny_root, cache_dir, stride):
+@pytest.mark.parametrize("stride, tied", [(None, False), (2, False), (None, True)],
+                         ids=["disjoint", "stride-2", "tied-timestamps"])
+def test_training_windows_cover_every_target(tiny_root, cache_dir, stride, tied):
     """Rows kept for all-position training (windows of MAX_ITEM_LIST_LENGTH = 5) against
     RecBole's own one-row-per-prefix train split: every target is trained, exactly once with
     disjoint windows; with ``train_window_stride: 2`` each is also trained with a context of
-    at least 5 - 2 + 1 items whenever the user has that many before it."""
+    at least 5 - 2 + 1 items whenever the user has that many before it. ``tied``: pairs of
+    interactions share a timestamp (as on ml-100k, where 76% do); the row order of the
+    split, not the timestamp, says which target comes last."""
     from recbole_llm_mtl.data.dataset import all_position_rows
 
     window = 5
@@ -154,7 +157,8 @@ def test_training_windows_cover_every_target(tiny_root, cache_dir, stride):
                   train_window_stride=stride)[1]._dataset.inter_feat
     users, times = train["user_id"].numpy(), train["timestamp"].numpy()
     lengths = train["item_length"].numpy()
-    kept = set(all_position_rows(users, times, window, stride).tolist())
+    kept = set(all_position_rows(users, times // 2 if tied else times, window, stride).tolist())
+    assert not tied or len(set(zip(users, times // 2))) < len(users)
     rows_of_user = {}  # each user's prefix rows in time order: row q predicts the user's item q + 1
     for i in sorted(range(len(users)), key=lambda i: (users[i], times[i])):
         rows_of_user.setdefault(users[i], []).append(i)

@@ -128,3 +128,32 @@ def test_bad_review_file_is_named_with_its_line(tiny_root, cache_dir, tmp_path):
                        encoding="utf-8")
     with pytest.raises(DataError, match=r"b.review, line 2: expected user, item, a numeric timestamp"):
         load_reviews(str(bad_row), train)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_fine_tuned_model_keeps_user_text_vectors_as_loaded(review_root, cache_dir, mode):
+    """With ``llm_mode: lora/full`` the shared model is trained, but user texts keep the
+    vectors of the model as loaded (README): a text first met at validation must not be
+    encoded by the half-trained model, or valid keys would carry the vectors of whichever
+    epoch met them first."""
+    over = dict(train_batch_size=16, task_weights={"behavior": 1.0})
+    _, train, valid, _, tuned = build("LLMMTL", review_root, cache_dir, llm_mode=mode, **over)
+    opt = torch.optim.SGD([p for p in tuned.parameters() if p.requires_grad], lr=1.0)
+    tuned.train()
+    for batch in list(train)[:2]:
+        (loss,) = tuned.calculate_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tuned.eval()
+    _, _, _, _, frozen = build("LLMMTL", review_root, cache_dir, **over)
+    batch = next(iter(valid))[0]
+    keys = [k for _, _, k in tuned.user_texts.position_keys(batch, last_only=True)]
+    new = [k for k in keys if k not in tuned.user_texts.rows and k[2]]
+    assert new, "the valid batch meets no new user text: nothing is checked"
+    with torch.no_grad():
+        for texts in (tuned.user_texts, frozen.user_texts):
+            texts.lookup(batch, last_only=True)
+    got = tuned.user_texts.vectors[[tuned.user_texts.rows[k] for k in new]]
+    want = frozen.user_texts.vectors[[frozen.user_texts.rows[k] for k in new]]
+    assert torch.allclose(got, want, atol=1e-2), (got - want).abs().max()

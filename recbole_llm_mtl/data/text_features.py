@@ -177,7 +177,11 @@ class TextFeatures:
         self.user_texts = None
         if self.use_user_text:
             titles = self._item_titles(config, train)
-            self.user_texts = UserTexts(config, train, titles, user_template, self.encoder)
+            # lora/full train self.lm; user texts met later (valid, test, serving) must still get
+            # the vectors of the model as loaded, as the training positions' texts did
+            user_encoder = self.encoder if not self.trainable else \
+                TextEncoder(config, SharedLanguageModel.from_config(config, trainable=False))
+            self.user_texts = UserTexts(config, train, titles, user_template, user_encoder)
             if user_texts_up_front:  # training reads them all; serving encodes what it scores
                 self.user_texts.prepare(rows_of=train)
 
@@ -226,4 +230,7 @@ class TextFeatures:
 
     @property
     def text_seconds(self):
-        return self.encoder.seconds if self.encoder is not None else 0.0
+        """Encoding time of item and user texts (user texts have their own encoder under lora/full)."""
+        user = self.user_texts.encoder if self.user_texts is not None else None
+        encoders = {id(e): e for e in (self.encoder, user) if e is not None}
+        return sum(e.seconds for e in encoders.values())

@@ -94,6 +94,13 @@ def test_default_user_text_is_reviews_without_titles(review_root, cache_dir):
     assert not any("Recently:" in t for t in texts)
 
 
+def test_no_history_items_means_no_reviews(review_root, cache_dir):
+    """``user_history_items: 0`` reads no item's review or title (not all of them)."""
+    _, train, _, _, model = build("LLMMTL", review_root, cache_dir, user_history_items=0, user_recent_titles=True)
+    keys = [k for _, _, k in model.user_texts.position_keys(next(iter(train)))]
+    assert keys and not any(k[1] or k[2] for k in keys)
+
+
 def test_forced_user_text_with_nothing_to_read_stops(tiny_root, cache_dir):
     from recbole_llm_mtl.errors import ConfigError
 

@@ -99,9 +99,10 @@ class UserTexts:
     def key(self, user, history, bound):
         """The text identity at the end of ``history`` (item ids, oldest first), for an item
         that comes at time ``bound``: nothing at or after ``bound`` and no later item."""
-        recent = tuple(history[-self.k:][::-1]) if self.titles is not None and self.k and self.recent_titles else ()
+        last = history[len(history) - self.k:][::-1] if self.k else []  # newest first ([-0:] is all)
+        recent = tuple(last) if self.titles is not None and self.recent_titles else ()
         reviewed = []
-        for item in history[-self.k:][::-1] if self.reviews else ():
+        for item in last if self.reviews else ():
             written = [k for k, (ts, _) in enumerate(self.reviews.get((user, item), ())) if ts < bound]
             if written:
                 reviewed.append((item, written[-1]))

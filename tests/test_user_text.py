@@ -164,3 +164,21 @@ def test_fine_tuned_model_keeps_user_text_vectors_as_loaded(review_root, cache_d
     got = tuned.user_texts.vectors[[tuned.user_texts.rows[k] for k in new]]
     want = frozen.user_texts.vectors[[frozen.user_texts.rows[k] for k in new]]
     assert torch.allclose(got, want, atol=1e-2), (got - want).abs().max()
+
+
+def test_review_times_on_another_clock_stop(review_root, cache_dir, tmp_path):
+    """Review times are compared with the interactions' times: milliseconds against
+    positions (or a normalised time field) would keep every review or none, silently."""
+    from recbole_llm_mtl.errors import ConfigError, DataError
+
+    root = tmp_path / "ms"
+    shutil.copytree(os.path.join(review_root, "amazon"), root / "amazon")
+    review = root / "amazon" / "amazon.review"
+    lines = review.read_text(encoding="utf-8").splitlines()
+    rows = [line.split("\t") for line in lines[1:]]
+    review.write_text("\n".join([lines[0]] + ["\t".join([u, i, str(float(ts) * 1000), t]) for u, i, ts, t in rows])
+                      + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"amazon.review: review timestamps \(median .*\) are not on the clock"):
+        build("LLMMTL", str(root), cache_dir)
+    with pytest.raises(ConfigError, match=r"amazon.review: review timestamps are compared .* normalises"):
+        build("LLMMTL", review_root, cache_dir, normalize_all=True)

@@ -25,9 +25,10 @@ import logging
 import os
 from collections import defaultdict
 
+import numpy as np
 import torch
 
-from recbole_llm_mtl.errors import DataError
+from recbole_llm_mtl.errors import ConfigError, DataError
 from recbole_llm_mtl.text.templates import render_texts
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,28 @@ def load_reviews(path, dataset):
     return dict(reviews)
 
 
+def check_review_times(config, dataset, reviews, path):
+    """Reviews are kept only when written before the predicted item, by comparing their
+    timestamps with the interactions': that needs the time field, unnormalised, and both
+    files on one clock. Otherwise the bound would pass every review (a leak) or none."""
+    time = config["TIME_FIELD"]
+    inter = f"{config['dataset']}.inter"
+    if not time or time not in dataset.inter_feat:
+        raise ConfigError(f"{path}: reviews are kept only if written before the predicted item, which "
+                          f"needs the interaction time field '{time}': load it (load_col) or set user_reviews: False")
+    if config["normalize_all"] or time in (config["normalize_field"] or []):
+        raise ConfigError(f"{path}: review timestamps are compared with {inter}'s '{time}', which this config "
+                          f"normalises (normalize_all / normalize_field): leave '{time}' unnormalised")
+    times = dataset.inter_feat[time].numpy()
+    lo, hi = float(times.min()), float(times.max())
+    span = max(hi - lo, 1.0)
+    written = np.array([ts for value in reviews.values() for ts, _ in value])
+    middle = float(np.median(written))
+    if not lo - span <= middle <= hi + span:  # e.g. milliseconds against seconds
+        raise DataError(f"{path}: review timestamps (median {middle:.6g}) are not on the clock of {inter}'s "
+                        f"'{time}' ({lo:.6g} to {hi:.6g}); write both in the same unit")
+
+
 class UserTexts:
     """Keys, texts and vectors of user states (see the module doc)."""
 
@@ -92,6 +115,8 @@ class UserTexts:
         self.uid, self.seq, self.len = config["USER_ID_FIELD"], dataset.item_id_list_field, dataset.item_list_length_field
         self.time = config["TIME_FIELD"]
         self.time_list = self.time + config["LIST_SUFFIX"] if self.time in dataset.inter_feat else None
+        if self.reviews:
+            check_review_times(config, dataset, self.reviews, path)
         self.rows = {}  # key -> row of self.vectors; row 0 is "no text" (padding)
         self.vectors = torch.zeros(1, encoder.lm.hidden_size)
 

@@ -161,7 +161,14 @@ def run_all(args):
             moved = _set_aside(result, ckpt_dir)
             print(f"[{k}/{len(todo)}] {name} seed {seed}: the earlier run is stale ({why}); "
                   f"moved to {moved}, running it again", flush=True)
-        spec["resume"] = resume = latest_resume_file(ckpt_dir)
+        resume = latest_resume_file(ckpt_dir)
+        why = resume and config_change(_resume_config_input(resume), spec)
+        if why:  # a state left by other settings (its JSON is gone): resuming would mix the two
+            moved = _set_aside(result, ckpt_dir)
+            print(f"[{k}/{len(todo)}] {name} seed {seed}: the resume state is stale ({why}); "
+                  f"checkpoints moved beside {moved}", flush=True)
+            resume = None
+        spec["resume"] = resume
         print(f"[{k}/{len(todo)}] {name} seed {seed}: "
               + (f"resuming from {resume} ..." if resume else "training ..."), flush=True)
         t0 = time.time()
@@ -176,20 +183,66 @@ def stale_reason(result_path, spec):
     """Why a finished run is not what ``spec`` would run now, or None if it still is: its
     recorded config input (model, dataset and overall YAML plus overrides) is compared with
     the one this invocation resolves (where and how verbosely it ran aside: ``NOT_CONFIG``), so
-    a changed model YAML or override re-runs the row.
+    a changed model YAML or override re-runs the row; so do changed data files (their
+    recorded fingerprints against the files the spec would read now).
     A key added since the run with the value ``~`` is not a change: new keys default to ``~``
     where that keeps the earlier behaviour (``train_window_stride``)."""
-    from recbole_llm_mtl.config import build_config
-    from recbole_llm_mtl.trainer import plain_config
-
     with open(result_path) as f:
         old = json.load(f)
     if "config_input" not in old:
         return "made before runs recorded their config"
-    config = build_config(spec["model"], spec["dataset"], config_dict={**spec["overrides"],
-                                                                      "checkpoint_dir": spec["checkpoint_dir"]})
+    return config_change(old["config_input"], spec) or data_change(old.get("data_fingerprint"), spec)
+
+
+_fingerprints = {}  # (path, size, mtime) -> fingerprint: a report reads each file once
+
+
+def data_change(was, spec):
+    """Which atomic files the run read (``was``: name -> fingerprint) now hold other data
+    in the folder ``spec`` reads, or None (runs made before fingerprints were recorded pass)."""
+    from recbole_llm_mtl.data.validate import read_atomic_file
+
+    if not was:
+        return None
+    config = _spec_config(spec)
+    changed = []
+    for name, fingerprint in sorted(was.items()):
+        path = os.path.join(config["data_path"], name)
+        if not os.path.isfile(path):
+            changed.append(f"{name} missing")
+            continue
+        key = (path, os.path.getsize(path), os.path.getmtime(path))
+        if key not in _fingerprints:
+            _fingerprints[key] = read_atomic_file(path, config["encoding"] or "utf-8",
+                                                  config["field_separator"] or "\t").fingerprint()
+        if _fingerprints[key] != fingerprint:
+            changed.append(name)
+    return f"data changed in {config['data_path']}: " + ", ".join(changed) if changed else None
+
+
+def _spec_config(spec):
+    """The config a spec resolves to now."""
+    from recbole_llm_mtl.config import build_config
+
+    return build_config(spec["model"], spec["dataset"],
+                        config_dict={**spec["overrides"], "checkpoint_dir": spec["checkpoint_dir"]})
+
+
+def _resume_config_input(path):
+    """What the user set for the run that left resume state ``path`` (dataset aside)."""
+    from recbole_llm_mtl.trainer import load_checkpoint
+
+    return {k: v for k, v in load_checkpoint(path).get("config_input", {}).items() if k != "dataset"}
+
+
+def config_change(was, spec):
+    """How the config input ``was`` differs from the one ``spec`` resolves now (keys of
+    ``NOT_CONFIG`` and new keys whose value is ``~`` aside), or None."""
+    from recbole_llm_mtl.trainer import plain_config
+
+    config = _spec_config(spec)
     now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
-    was = old["config_input"]
+    was = json.loads(json.dumps(was, default=str))
     changed = sorted(k for k in set(now) | set(was) if k not in NOT_CONFIG and now.get(k) != was.get(k)
                      and not (k not in was and now[k] is None))
     if changed:
@@ -227,7 +280,9 @@ def rerun_from_json(args):
         if "config_input" not in old:
             print(f"{name}: no recorded config (made before runs kept one), skipped", flush=True)
             continue
-        ckpt_dir = os.path.join(args.checkpoints, "rerun", name[:-5])
+        # per source folder: amazon, amazon-titles and ml-100k all have an LLMMTL-seed2020
+        source = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        ckpt_dir = os.path.join(args.checkpoints, "rerun", source, name[:-5])
         spec = {"model": old["model"], "dataset": old["dataset"], "checkpoint_dir": ckpt_dir,
                 "resume": latest_resume_file(ckpt_dir),
                 "overrides": {k: v for k, v in old["config_input"].items() if k != "checkpoint_dir"}}
@@ -338,10 +393,25 @@ def compare_with_best_baseline(rows, loaded):
     return out
 
 
+# LLMMTL variants as parts: row -> (the part, +1 if the row removes it, -1 if it adds it)
+PARTS = {
+    "LLMMTL w/o user text": ("user text", 1),
+    "LLMMTL + recent titles as user text": ("recent titles in user text", -1),
+    "LLMMTL w/o L_u": ("L_u", 1),
+    "LLMMTL w/o L_v": ("L_v", 1),
+    "LLMMTL behaviour loss only": ("L_u and L_v", 1),
+    "LLMMTL scorer: dot": ("MLP scorer (against dot)", 1),
+    "LLMMTL text only (no ID)": ("item ID embedding", 1),
+    "LLMMTL ID only (no text)": ("item text", 1),
+}
+
+
 def compare_parts(rows, loaded):
-    """What the part each LLMMTL ablation row leaves out adds: full LLMMTL minus the row,
-    mean test NDCG@10, against seed noise (the bar: a gain above twice the larger seed
-    standard deviation of the two rows) and as a paired test over users."""
+    """What each part adds: mean test NDCG@10 with the part minus without it (full LLMMTL
+    against the row that removes or adds it), against seed noise (the bar: above twice the
+    larger seed standard deviation of the two rows) and as a paired test over users. A row
+    whose runs used the same parts as full LLMMTL (recorded by the model: e.g. user text on
+    a dataset with none) is the same model and is marked, not compared."""
     from recbole_llm_mtl.significance import paired_test
 
     by_name = {r["model"]: r for r in rows}
@@ -349,16 +419,24 @@ def compare_parts(rows, loaded):
     if full is None:
         return {}
     full_users = _test_per_user(loaded, "LLMMTL")
+    full_parts = {json.dumps(r.get("parts"), sort_keys=True) for r in loaded.get("LLMMTL", [])}
     out = {}
     for row in rows:
         name = row["model"]
-        if name == "LLMMTL" or RUNS[name][0] != "LLMMTL" or _is_cold(row):
+        if name not in PARTS or _is_cold(row):
+            continue
+        part, sign = PARTS[name]
+        row_parts = {json.dumps(r.get("parts"), sort_keys=True) for r in loaded.get(name, [])}
+        if row_parts == full_parts and "null" not in row_parts:
+            out[name] = {"part": part, "same_model": True}
             continue
         stds = [s for s in (full["ndcg@10_std"], row["ndcg@10_std"]) if s is not None]
         noise = max(stds) if len(stds) == 2 else None
-        gain = full["ndcg@10"] - row["ndcg@10"]
-        out[name] = {"gain": gain, "seed_std": noise, "beyond_2std": None if noise is None else gain > 2 * noise,
-                     **(paired_test(full_users, _test_per_user(loaded, name)) or {})}
+        gain = sign * (full["ndcg@10"] - row["ndcg@10"])
+        with_part, without = (full_users, _test_per_user(loaded, name))[::sign]
+        out[name] = {"part": part, "gain": gain, "seed_std": noise,
+                     "beyond_2std": None if noise is None else gain > 2 * noise,
+                     **(paired_test(with_part, without) or {})}
     return out
 
 
@@ -478,16 +556,22 @@ def _parts_lines(parts):
     if not parts:
         return []
     lines = ["", "## What each part adds", "",
-             "Full LLMMTL minus each ablation row, mean test NDCG@10: a part earns its place when the gain is "
-             "above twice the larger seed standard deviation of the two rows; the paired test over users "
-             "(per-user means over seeds; bootstrap interval, Wilcoxon p) is the finer look.", "",
-             "| row | gain of the full model | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p |",
-             "|---|---|---|---|---|---|"]
+             "Mean test NDCG@10 with the part minus without it (full LLMMTL against the row that removes or "
+             "adds it): a part earns its place when the gain is above twice the larger seed standard deviation "
+             "of the two rows; the paired test over users (per-user means over seeds; bootstrap interval, "
+             "Wilcoxon p) is the finer look.", "",
+             "| part | row | gain of the part | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p |",
+             "|---|---|---|---|---|---|---|"]
     for name, t in parts.items():
+        if t.get("same_model"):
+            lines.append(f"| {t['part']} | {name} | - | - | not active on this dataset: the row is the same "
+                         "model as full LLMMTL | - | - |")
+            continue
         two_std = "-" if t["seed_std"] is None else f"{2 * t['seed_std']:.4f}"
         beyond = {None: "- (one seed)", True: "yes", False: "no"}[t["beyond_2std"]]
         ci = f"[{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]" if "ci95" in t else "-"
-        lines.append(f"| {name} | {t['gain']:+.4f} | {two_std} | {beyond} | {ci} | {_fmt_p(t) if 'p_wilcoxon' in t else '-'} |")
+        lines.append(f"| {t['part']} | {name} | {t['gain']:+.4f} | {two_std} | {beyond} | {ci} | "
+                     f"{_fmt_p(t) if 'p_wilcoxon' in t else '-'} |")
     return lines
 
 

@@ -13,7 +13,8 @@ from conftest import ROOT
 def test_harness_tiny_and_resumable(tiny_root, workdir):
     out = workdir / "results"
     cmd = [sys.executable, "-m", "recbole_llm_mtl.benchmark", "--dataset", "amazon", "--tiny", "--data_path", tiny_root,
-           "--models", "LLMMTL", "LLMMTL w/o L_u", "BPR", "--max_seeds", "1", "--out", str(out)]
+           "--models", "LLMMTL", "LLMMTL w/o L_u", "LLMMTL w/o user text", "BPR", "--max_seeds", "1",
+           "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=ROOT)
     first = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -23,12 +24,16 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     table = (out / "amazon-tiny.md").read_text()
     assert "| LLMMTL | 1 |" in table and "| BPR | 1 |" in table and "VQ-Rec (published, not re-run)" in table
     data = json.loads((out / "amazon-tiny.json").read_text())
-    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL w/o L_u", "BPR"} and data["commit"]
+    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL w/o L_u", "LLMMTL w/o user text", "BPR"}
+    assert data["commit"]
     # what the left-out part adds: full minus ablation, paired over the same users
     part = data["parts"]["LLMMTL w/o L_u"]
     assert part["beyond_2std"] is None and part["users"] == 300  # one seed: no seed std to compare with
     assert abs(part["gain"] - part["mean_diff"]) < 1e-4
-    assert "## What each part adds" in table and "| LLMMTL w/o L_u | " in table
+    assert "## What each part adds" in table and "| L_u | LLMMTL w/o L_u | " in table
+    # the slice has no profile fields or reviews: "w/o user text" is the full model, and says so
+    assert data["parts"]["LLMMTL w/o user text"] == {"part": "user text", "same_model": True}
+    assert "| user text | LLMMTL w/o user text | - | - | not active on this dataset" in table
     _check_provenance(out / "runs" / "amazon-tiny" / "LLMMTL-seed2020.json")
     # the paired test over users: LLMMTL against the only (so the best) baseline
     test = data["significance"]["LLMMTL"]
@@ -37,7 +42,7 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert "## Paired test over users" in table and "| BPR | 1 |" in table and "(reference)" in table
     assert "## Configurations and provenance" in table and "`epochs: 1`" in table
     second = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
-    assert second.stdout.count("done earlier, kept") == 3 and "training ..." not in second.stdout
+    assert second.stdout.count("done earlier, kept") == 4 and "training ..." not in second.stdout
     # a run made with other settings than the row now has is stale: set aside, run again
     bpr = out / "runs" / "amazon-tiny" / "BPR-seed2020.json"
     old = json.loads(bpr.read_text())
@@ -50,6 +55,15 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     kept = list((out / "runs" / "amazon-tiny" / "stale").glob("BPR-seed2020.json.*"))
     assert len(kept) == 1 and json.loads(kept[0].read_text())["config_input"]["learning_rate"] == 0.123
     assert json.loads(bpr.read_text())["config_input"]["learning_rate"] == 0.001
+    # a run made on other data (a file's recorded fingerprint differs) is stale too
+    old = json.loads(bpr.read_text())
+    assert set(old["data_fingerprint"]) == {"amazon.inter", "amazon.item"}
+    old["data_fingerprint"]["amazon.inter"]["sha256"] = "0" * 64
+    bpr.write_text(json.dumps(old))
+    fourth = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    assert "BPR seed 2020: the earlier run is stale (data changed in " in fourth.stdout
+    assert fourth.stdout.count("done earlier, kept") == 3
 
 
 def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):
@@ -75,6 +89,18 @@ def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):
     assert (after["epochs"], after["best_epoch"], after["history"]) == (
         before["epochs"], before["best_epoch"], before["history"])
     assert 0 < after["fit_seconds"] <= before["fit_seconds"]
+    # a resume state left by other settings is not resumed: the row trains afresh
+    import torch
+
+    (resume,) = (workdir / "saved" / "benchmark" / "amazon-tiny" / "BPR-seed2020").glob("*-last.pth")
+    state = torch.load(resume, weights_only=True)
+    state["config_input"]["learning_rate"] = 0.5
+    torch.save(state, resume)
+    result.unlink()
+    third = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "BPR seed 2020: the resume state is stale (config changed: learning_rate 0.5 -> 0.001)" in third.stdout
+    assert "BPR seed 2020: training ..." in third.stdout and result.exists()
 
 
 def _check_provenance(path):

@@ -72,11 +72,11 @@ def sharded_cached_encode(cache, identity, texts, encode_fn):
     return vectors, False
 
 
-def _worker(local_rank, model, dataset, config_files, overrides, resume, queue):
+def _worker(local_rank, model, dataset, config_files, overrides, resume, evaluate_test, queue):
     from recbole_llm_mtl.quick_start import run
 
     overrides = dict(overrides, local_rank=local_rank)
-    result = run(model, dataset, config_files, config_dict=overrides, resume=resume)
+    result = run(model, dataset, config_files, config_dict=overrides, resume=resume, evaluate_test=evaluate_test)
     queue.put((local_rank, {k: result[k] for k in ("best_valid_result", "test_result", "checkpoint")}))
 
 
@@ -87,8 +87,9 @@ def run_distributed(args, config_files, overrides):
     dist_keys = {"nproc": args.nproc, "world_size": world, "ip": args.ip, "port": str(args.port),
                  "offset": args.group_offset}
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(args.model, args.dataset, config_files, {**overrides, **dist_keys}, args.resume, queue),
-             nprocs=args.nproc, join=True)
+    evaluate_test = not getattr(args, "valid_only", False)  # --valid_only never reads test, on any rank
+    mp.spawn(_worker, args=(args.model, args.dataset, config_files, {**overrides, **dist_keys}, args.resume,
+                            evaluate_test, queue), nprocs=args.nproc, join=True)
     results = []
     while not queue.empty():
         results.append(queue.get())

@@ -328,7 +328,8 @@ MODEL_ARCHITECTURE_KEYS = {
                "llm_pooling", "llm_max_length", "lora_r", "lora_target_modules", "item_text_fields",
                "item_text_template", "user_text_fields", "user_text_template", "text_separator",
                "tag_fields", "tag_min_count", "tag_max_share", "task_weighting", "user_text",
-               "text_clusters", "behavior_clusters"),
+               "user_recent_titles", "user_reviews", "user_history_items", "user_text_max_length",
+               "profile_horizon", "text_clusters", "behavior_clusters"),
 }
 
 

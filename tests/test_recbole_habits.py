@@ -41,6 +41,7 @@ def last_checkpoint(tiny_root, cache_dir, tmp_path_factory):
     ({"hidden_size": 32}, "hidden_size 64 (checkpoint) vs 32 (now)"),          # was a size-mismatch traceback
     ({"n_heads": 4}, "n_heads 2 (checkpoint) vs 4 (now)"),                     # same shapes: loaded silently
     ({"n_layers": 1, "scorer": "dot"}, "n_layers 2 (checkpoint) vs 1 (now); scorer 'mlp' (checkpoint) vs 'dot'"),
+    ({"user_history_items": 1}, "user_history_items 3 (checkpoint) vs 1 (now)"),  # what user text reads
 ])
 def test_resume_with_another_architecture_names_the_keys(changed, message, last_checkpoint, tiny_root,
                                                          cache_dir, workdir):

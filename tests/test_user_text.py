@@ -135,6 +135,15 @@ def test_bad_review_file_is_named_with_its_line(tiny_root, cache_dir, tmp_path):
                        encoding="utf-8")
     with pytest.raises(DataError, match=r"b.review, line 2: expected user, item, a numeric timestamp"):
         load_reviews(str(bad_row), train)
+    header = b"user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq\n"
+    bad_bytes = tmp_path / "c.review"
+    bad_bytes.write_bytes(header + b"u\ti\t1\tfine\nu\ti\t2\tcaf\xe9 latin-1\n")
+    with pytest.raises(DataError, match=r"c.review, line 3: bytes .* are not valid utf-8"):
+        load_reviews(str(bad_bytes), train)
+    stray_tab = tmp_path / "d.review"
+    stray_tab.write_bytes(header + b"u\ti\t1\ta review\twith a tab\n")
+    with pytest.raises(DataError, match=r"d.review, line 2: 5 tab-separated values but the header has 4"):
+        load_reviews(str(stray_tab), train)
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])

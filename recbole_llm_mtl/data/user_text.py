@@ -20,7 +20,6 @@ length-sorted, content-cached pass before training, and keys first met at evalua
 serving (a valid/test row's last position) are encoded when first needed.
 """
 
-import csv
 import logging
 import os
 from collections import defaultdict
@@ -28,6 +27,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from recbole_llm_mtl.data.validate import read_atomic_file
 from recbole_llm_mtl.errors import ConfigError, DataError
 from recbole_llm_mtl.text.templates import render_texts
 
@@ -41,32 +41,28 @@ def review_path(config):
 REVIEW_SNIPPET = 300  # characters of one review kept in user text (the token limit cuts the rest)
 
 
-def load_reviews(path, dataset):
+def load_reviews(path, dataset, encoding="utf-8", separator="\t"):
     """``(user id, item id) -> [(timestamp, text), ...]`` (internal ids, oldest first) from a
-    ``.review`` atomic file; rows of users or items the dataset lacks are skipped."""
-    reviews = defaultdict(list)
+    ``.review`` atomic file, read by the one atomic-file reader (bad bytes, a stray tab and a
+    bad header are named with the file and line); rows of users or items the dataset lacks
+    are skipped."""
+    table = read_atomic_file(path, encoding, separator)
+    need = ("user_id", "item_id", "timestamp", "text")
+    missing = [c for c in need if c not in table.names]
+    if missing:
+        raise DataError(f"{path}: header lacks {missing}; a .review file has columns "
+                        "user_id:token, item_id:token, timestamp:float, text:token_seq")
     users = dataset.field2token_id[dataset.uid_field]
     items = dataset.field2token_id[dataset.iid_field]
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [h.split(":", 1)[0] for h in next(reader, [])]
-        need = ("user_id", "item_id", "timestamp", "text")
-        missing = [c for c in need if c not in header]
-        if missing:
-            raise DataError(f"{path}: header lacks {missing}; a .review file has columns "
-                            "user_id:token, item_id:token, timestamp:float, text:token_seq")
-        col = [header.index(c) for c in need]
-        for line, row in enumerate(reader, 2):
-            if not row:
-                continue
-            try:
-                user, item, ts, text = (row[c] for c in col)
-                ts = float(ts)
-            except (IndexError, ValueError):
-                raise DataError(f"{path}, line {line}: expected user, item, a numeric timestamp "
-                                f"and text separated by tabs") from None
-            if user in users and item in items and text.strip():
-                reviews[(users[user], items[item])].append((ts, text.strip()[:REVIEW_SNIPPET]))
+    reviews = defaultdict(list)
+    for line, (user, item, ts, text) in zip(table.lines, zip(*(table.column(c) for c in need))):
+        try:
+            ts = float(ts)
+        except ValueError:
+            raise DataError(f"{path}, line {line}: expected user, item, a numeric timestamp "
+                            f"and text separated by tabs") from None
+        if user in users and item in items and text.strip():
+            reviews[(users[user], items[item])].append((ts, text.strip()[:REVIEW_SNIPPET]))
     for value in reviews.values():
         value.sort()
     return dict(reviews)
@@ -108,7 +104,8 @@ class UserTexts:
         if profile_template:
             self.profile, _ = render_texts(dataset, dataset.user_feat, profile_template, self.separator, "user")
         path = review_path(config)
-        self.reviews = load_reviews(path, dataset) if config["user_reviews"] and os.path.isfile(path) else {}
+        self.reviews = load_reviews(path, dataset, config["encoding"] or "utf-8", config["field_separator"] or "\t") \
+            if config["user_reviews"] and os.path.isfile(path) else {}
         if self.reviews:
             logger.info(f"user text reads {sum(map(len, self.reviews.values()))} review texts from {path}")
         self.per_user = self.profile is not None or bool(self.reviews)

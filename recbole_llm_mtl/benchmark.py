@@ -4,10 +4,11 @@
 
 Each run is a separate process (so its peak memory is its own) that goes through the same
 ``run()`` as the CLI. Finished runs are kept as JSON under ``<out>/runs/<dataset>/`` and
-are not redone while their recorded config input matches what the row would run now; a
-stale one (changed model YAML, override or protocol) is moved to ``stale/`` beside it and
-run again. A killed run resumes from the resume state in its
-checkpoint folder (``--checkpoints``; delete the folder to start it afresh). Writes
+are not redone while their recorded config input and data files match what the row would
+run now; a stale one (changed model YAML, override, protocol or data file) is moved to
+``stale/`` beside it and run again. A killed run resumes from the resume state in its
+checkpoint folder (``--checkpoints``) unless that state was left by other settings (it is
+then set aside and the row starts afresh). Writes
 ``<out>/<dataset>.md``, ``.csv``, ``.json`` and ``<dataset>.png`` (test NDCG@10 against
 training time).
 
@@ -27,6 +28,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from recbole_llm_mtl.errors import LLMMTLError
 
 METRICS = ["recall@10", "ndcg@10", "mrr@10", "hit@10", "recall@50", "ndcg@50", "mrr@50", "hit@50"]
 SEEDS = [2020, 2021, 2022]
@@ -146,6 +149,10 @@ def run_all(args):
     runs_dir = os.path.join(args.out, "runs", _runs_name(args))
     os.makedirs(runs_dir, exist_ok=True)
     todo = [(n, s) for n in (args.models or list(RUNS)) for s in RUNS[n][2][: args.max_seeds]]
+    for name in dict.fromkeys(n for n, _ in todo):  # a bad config or data folder stops here, not in N workers
+        model, overrides, _ = RUNS[name]
+        _spec_config({"model": model, "dataset": args.dataset, "checkpoint_dir": args.checkpoints,
+                      "overrides": {**overrides, **args.extra}})
     for k, (name, seed) in enumerate(todo, 1):
         model, overrides, _ = RUNS[name]
         result = os.path.join(runs_dir, _slug(name, seed) + ".json")
@@ -454,7 +461,7 @@ def default_config(model, dataset, data_root):
         from recbole_llm_mtl.config import build_config
         from recbole_llm_mtl.trainer import plain_config
 
-        config = build_config(model, dataset, config_dict={"data_path": data_root})
+        config = build_config(model, dataset, config_dict={"data_path": data_root} if data_root else None)
         _defaults[model, dataset] = plain_config(config.final_config_dict)
     return _defaults[model, dataset]
 
@@ -474,7 +481,9 @@ def config_report(name, results, dataset):
     if not configs:
         return {"recorded": False}
     prov = [r.get("provenance", {}) for r in results]
-    defaults = default_config(results[0]["model"], dataset, os.path.dirname(configs[0]["data_path"]))
+    # the recorded folder only locates the files the config checks; on another machine it may be gone
+    recorded = configs[0]["data_path"]
+    defaults = default_config(results[0]["model"], dataset, os.path.dirname(recorded) if os.path.isdir(recorded) else None)
     return {"recorded": True, "vs_defaults": config_diff(configs[0], defaults),
             "model_yaml": prov[0].get("model_yaml", {}), "plugin": results[0]["model"] in plugin_models(),
             "seeds_disagree": sorted({k for c in configs[1:] for k in config_diff(c, configs[0])}),
@@ -699,12 +708,17 @@ def main(argv=None):
         args.extra.update({"epochs": 1, "train_batch_size": 256})
     if args.data_path:
         args.extra["data_path"] = args.data_path
-    if args.report_only:
-        runs_dir = os.path.join(args.out, "runs", _runs_name(args))
-    else:
-        runs_dir = run_all(args)
-    summarize(args, runs_dir)
+    try:
+        if args.report_only:
+            runs_dir = os.path.join(args.out, "runs", _runs_name(args))
+        else:
+            runs_dir = run_all(args)
+        summarize(args, runs_dir)
+    except LLMMTLError as e:  # a bad config or data folder: one line, as run_recbole_llm.py says it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -148,3 +148,15 @@ def test_published_figures_only_for_their_own_dataset_and_protocol():
     assert "VQ-Rec (published, not re-run)" in published(Namespace(dataset="amazon", protocol=""))
     assert published(Namespace(dataset="amazon", protocol="titles")) == {}
     assert published(Namespace(dataset="ml-100k", protocol="")) == {}
+
+
+def test_harness_bad_data_folder_is_one_line(workdir):
+    """A wrong --data_path stops before any worker starts: one line, exit 2, no traceback."""
+    cmd = [sys.executable, "-m", "recbole_llm_mtl.benchmark", "--dataset", "amazon", "--data_path",
+           str(workdir / "nowhere"), "--models", "BPR", "--max_seeds", "1", "--out", str(workdir / "results")]
+    proc = subprocess.run(cmd, cwd=workdir, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: dataset folder '{workdir / 'nowhere' / 'amazon'}' not found" in proc.stderr
+    assert "Traceback" not in proc.stderr and "training" not in proc.stdout
+

@@ -35,6 +35,13 @@ def _trial_key(params, fixed=None):
     return json.dumps({"params": params, "fixed": fixed or {}}, sort_keys=True, default=str)
 
 
+def _file_hash(path):
+    if not os.path.isfile(path):
+        raise LLMMTLError(f"config file '{path}' not found")
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
 def _load_trials(path):
     """Finished trials of an earlier (killed) search: params key -> record."""
     done = {}
@@ -70,9 +77,12 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     base = os.path.join(output_dir, f"{model}-{dataset}")
     done = _load_trials(base + ".trials.jsonl")
     trials = []
+    fixed = dict(overrides or {})
+    if config_files:  # by content: a trial made with another version of a YAML is not reused
+        fixed["config_files"] = {path: _file_hash(path) for path in config_files}
 
     def objective(params, fixed_files):
-        key = _trial_key(params, overrides)
+        key = _trial_key(params, fixed)
         record = done.get(key)
         if record is None:
             folder = os.path.join(output_dir, "checkpoints", f"{model}-{dataset}",
@@ -80,7 +90,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
             result = run(model, dataset, fixed_files, resume=latest_resume_file(folder),
                          config_dict={**(overrides or {}), **params, "checkpoint_dir": folder},
                          evaluate_test=evaluate_test)
-            record = {"params": dict(params), "fixed": dict(overrides or {}),
+            record = {"params": dict(params), "fixed": fixed,
                       "valid": result["best_valid_result"], "test": result["test_result"],
                       "best_valid_score": result["best_valid_score"], "valid_score_bigger": result["valid_score_bigger"],
                       "best_epoch": result["best_epoch"], "epochs": result["epochs"],

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from conftest import ROOT, tiny_overrides
 from recbole_llm_mtl import hyper
 from recbole_llm_mtl.hyper import rerun_command, tune
@@ -34,6 +36,13 @@ def test_two_trials_report_and_resume(tiny_root, cache_dir, workdir, monkeypatch
                           output_dir=str(workdir / "hyper"))
     scores = lambda ts: {t["params"]["learning_rate"]: t["best_valid_score"] for t in ts}
     assert best2 == best and scores(trials2) == scores(trials)  # (hyperopt may visit them in another order)
+    # the same search with a config file is another search: its trials are not those above
+    extra = workdir / "extra.yaml"
+    extra.write_text("weight_decay: 0.0001\n")
+    with pytest.raises(AssertionError, match="trained again"):
+        tune("LLMMTL", "amazon", str(space), algo="exhaustive", config_files=[str(extra)],
+             overrides=tiny_overrides(tiny_root, cache_dir, task_weights={"behavior": 1.0}),
+             output_dir=str(workdir / "hyper"))
 
 
 def test_shipped_spaces_parse():

@@ -698,8 +698,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker)
-    if args.rerun_from_json:
-        return rerun_from_json(args)
     unknown = [m for m in (args.models or []) if m not in RUNS]
     if unknown:
         parser.error(f"unknown benchmark rows {unknown}; choose from {list(RUNS)}")
@@ -709,6 +707,9 @@ def main(argv=None):
     if args.data_path:
         args.extra["data_path"] = args.data_path
     try:
+        if args.rerun_from_json:
+            rerun_from_json(args)
+            return 0
         if args.report_only:
             runs_dir = os.path.join(args.out, "runs", _runs_name(args))
         else:

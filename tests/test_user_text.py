@@ -94,11 +94,26 @@ def test_default_user_text_is_reviews_without_titles(review_root, cache_dir):
     assert not any("Recently:" in t for t in texts)
 
 
+def test_user_text_reads_the_last_k_items_newest_first(review_root, cache_dir):
+    """At every position the recent titles are the last ``user_history_items`` items up to
+    it, newest first: all of them while the history is shorter than that."""
+    _, train, _, _, model = build("LLMMTL", review_root, cache_dir, user_recent_titles=True)
+    texts, batch = model.user_texts, next(iter(train))
+    seqs, k = batch["item_id_list"].tolist(), texts.k
+    assert k == 3 and texts.sources() == ["reviews", "recent titles"]
+    found = texts.position_keys(batch)
+    short = 0
+    for b, p, key in found:
+        assert key[1] == tuple(seqs[b][max(0, p + 1 - k): p + 1][::-1]), (p, key)
+        short += 0 < p + 1 < k
+    assert short > 10  # positions with a history shorter than k were checked
+
+
 def test_no_history_items_means_no_reviews(review_root, cache_dir):
     """``user_history_items: 0`` reads no item's review or title (not all of them)."""
     _, train, _, _, model = build("LLMMTL", review_root, cache_dir, user_history_items=0, user_recent_titles=True)
     keys = [k for _, _, k in model.user_texts.position_keys(next(iter(train)))]
-    assert keys and not any(k[1] or k[2] for k in keys)
+    assert keys and not any(k[1] or k[2] for k in keys) and model.user_texts.sources() == []
 
 
 def test_forced_user_text_with_nothing_to_read_stops(tiny_root, cache_dir):

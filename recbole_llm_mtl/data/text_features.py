@@ -179,8 +179,10 @@ class TextFeatures:
             titles = self._item_titles(config, train)
             # lora/full train self.lm; user texts met later (valid, test, serving) must still get
             # the vectors of the model as loaded, as the training positions' texts did
-            user_encoder = self.encoder if not self.trainable else \
-                TextEncoder(config, SharedLanguageModel.from_config(config, trainable=False))
+            # (a second copy of the weights, frozen, in the dtype the run's text vectors have)
+            user_encoder = self.encoder if not self.trainable else TextEncoder(config, SharedLanguageModel(
+                config["llm_path"], config["llm_pooling"], config["llm_max_length"], self.lm.dtype_name
+            ).to(config["device"] or "cpu"))
             self.user_texts = UserTexts(config, train, titles, user_template, user_encoder)
             if user_texts_up_front:  # training reads them all; serving encodes what it scores
                 self.user_texts.prepare(rows_of=train)

@@ -47,6 +47,8 @@ def load_reviews(path, dataset, encoding="utf-8", separator="\t"):
     bad header are named with the file and line); rows of users or items the dataset lacks
     are skipped."""
     table = read_atomic_file(path, encoding, separator)
+    if isinstance(getattr(dataset, "data_fingerprint", None), dict):  # runs record the data they read;
+        dataset.data_fingerprint[os.path.basename(path)] = table.fingerprint()  # splits share this dict
     need = ("user_id", "item_id", "timestamp", "text")
     missing = [c for c in need if c not in table.names]
     if missing:
@@ -60,7 +62,7 @@ def load_reviews(path, dataset, encoding="utf-8", separator="\t"):
             ts = float(ts)
         except ValueError:
             raise DataError(f"{path}, line {line}: expected user, item, a numeric timestamp "
-                            f"and text separated by tabs") from None
+                            f"and text; timestamp {ts!r} is not a number") from None
         if user in users and item in items and text.strip():
             reviews[(users[user], items[item])].append((ts, text.strip()[:REVIEW_SNIPPET]))
     for value in reviews.values():
@@ -117,11 +119,17 @@ class UserTexts:
         self.rows = {}  # key -> row of self.vectors; row 0 is "no text" (padding)
         self.vectors = torch.zeros(1, encoder.lm.hidden_size)
 
+    def sources(self):
+        """What the text is made of, on this dataset: profile fields, reviews, recent titles."""
+        return [name for name, used in (("profile", self.profile is not None), ("reviews", self.k > 0 and bool(self.reviews)),
+                                        ("recent titles", self.k > 0 and self.recent_titles and self.titles is not None))
+                if used]
+
     # ------------------------------------------------------------------ what a position may read
     def key(self, user, history, bound):
         """The text identity at the end of ``history`` (item ids, oldest first), for an item
         that comes at time ``bound``: nothing at or after ``bound`` and no later item."""
-        last = history[len(history) - self.k:][::-1] if self.k else []  # newest first ([-0:] is all)
+        last = history[max(len(history) - self.k, 0):][::-1] if self.k else []  # newest first ([-0:] is all)
         recent = tuple(last) if self.titles is not None and self.recent_titles else ()
         reviewed = []
         for item in last if self.reviews else ():

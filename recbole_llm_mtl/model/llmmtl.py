@@ -132,7 +132,8 @@ class LLMMTL(SequentialRecommender):
         """What this model instance actually uses (a config key can ask for a part the dataset
         cannot feed, e.g. user text without profile fields or reviews): for reports."""
         return {"item_text": self.use_text, "item_id": self.item_id_embedding,
-                "user_text": self.user_texts is not None, "scorer": self.scorer_mode,
+                "user_text": self.user_texts.sources() if self.user_texts is not None else [],
+                "scorer": self.scorer_mode,
                 "tasks": [n for n, w in zip(self.loss_names, self.weighting.weights.tolist()) if w > 0]}
 
     @property

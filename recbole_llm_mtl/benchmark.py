@@ -227,12 +227,19 @@ def data_change(was, spec):
     return f"data changed in {config['data_path']}: " + ", ".join(changed) if changed else None
 
 
+_spec_configs = {}  # one invocation resolves (and checks the data files of) each spec once
+
+
 def _spec_config(spec):
     """The config a spec resolves to now."""
     from recbole_llm_mtl.config import build_config
 
-    return build_config(spec["model"], spec["dataset"],
-                        config_dict={**spec["overrides"], "checkpoint_dir": spec["checkpoint_dir"]})
+    key = json.dumps([spec["model"], spec["dataset"], spec["overrides"], spec["checkpoint_dir"]],
+                     sort_keys=True, default=str)
+    if key not in _spec_configs:
+        _spec_configs[key] = build_config(spec["model"], spec["dataset"],
+                                          config_dict={**spec["overrides"], "checkpoint_dir": spec["checkpoint_dir"]})
+    return _spec_configs[key]
 
 
 def _resume_config_input(path):

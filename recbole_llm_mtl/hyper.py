@@ -13,6 +13,7 @@ last epoch.
 """
 
 import argparse
+import ast
 import csv
 import hashlib
 import json
@@ -23,6 +24,59 @@ from recbole_llm_mtl.errors import LLMMTLError
 from recbole_llm_mtl.quick_start import parse_with_overrides, run
 
 ALGOS = ("exhaustive", "random", "bayes")
+SPACE_ARITY = {"uniform": 2, "quniform": 3, "loguniform": 2}  # numbers after the type; choice: a list
+
+
+def read_space(path):
+    """A RecBole ``.hyper`` file (``name type values`` per line) as HyperTuning's ``params_dict``.
+
+    Returns ``(params_dict, decode)``. hyperopt cannot enumerate a choice whose options are
+    dicts or lists (RecBole's exhaustive search fails deep inside hyperopt on, e.g.,
+    ``task_weights``), so such options stand in the space as ``option <i>`` strings and
+    ``decode(params)`` maps a sampled point back to the real values. Lines that are blank or
+    start with ``#`` are skipped; any other malformed line is named with its file and line.
+    """
+    params, options = {}, {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            where = f"{path}, line {number}"
+            parts = line.split(None, 2)
+            if len(parts) < 3:
+                raise LLMMTLError(f"{where}: expected '<name> <choice|uniform|quniform|loguniform> <values>', "
+                                  f"got {line.strip()!r}")
+            name, kind, text = parts[0], parts[1], "".join(parts[2].split())  # as RecBole: spaces dropped
+            if kind == "choice":
+                try:
+                    values = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    values = None
+                if not isinstance(values, list) or not values:
+                    raise LLMMTLError(f"{where}: choice '{name}' needs a non-empty Python list, got {text!r}")
+                if any(isinstance(v, (dict, list, tuple)) for v in values):
+                    options[name] = {f"option {i}": v for i, v in enumerate(values)}
+                    values = list(options[name])
+                params.setdefault("choice", {})[name] = values
+            elif kind in SPACE_ARITY:
+                try:
+                    values = [float(v) for v in text.split(",")]
+                except ValueError:
+                    values = []
+                if len(values) != SPACE_ARITY[kind]:
+                    raise LLMMTLError(f"{where}: {kind} '{name}' needs {SPACE_ARITY[kind]} comma-separated "
+                                      f"numbers, got {text!r}")
+                params.setdefault(kind, {})[name] = values
+            else:
+                raise LLMMTLError(f"{where}: unknown type '{kind}' for '{name}' "
+                                  f"(one of choice, {', '.join(SPACE_ARITY)})")
+    if not params:
+        raise LLMMTLError(f"{path}: no parameters to search")
+
+    def decode(point):
+        return {k: options[k][v] if k in options else v for k, v in point.items()}
+
+    return params, decode
 
 
 def _cli_value(value):
@@ -81,7 +135,10 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     if config_files:  # by content: a trial made with another version of a YAML is not reused
         fixed["config_files"] = {path: _file_hash(path) for path in config_files}
 
+    space, decode = read_space(params_file)
+
     def objective(params, fixed_files):
+        params = decode(params)
         key = _trial_key(params, fixed)
         record = done.get(key)
         if record is None:
@@ -106,11 +163,12 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
                 "valid_score_bigger": record["valid_score_bigger"],
                 "best_valid_result": record["valid"], "test_result": record["test"] or "(not read: valid-only tuning)"}
 
-    tuner = HyperTuning(objective, params_file=params_file, fixed_config_file_list=config_files,
+    tuner = HyperTuning(objective, params_dict=space, fixed_config_file_list=config_files,
                         algo=algo, max_evals=max_evals, early_stop=early_stop)
     tuner.run()
-    write_report(model, dataset, trials, tuner.best_params, output_dir, overrides, config_files)
-    return tuner.best_params, trials
+    best = decode(tuner.best_params)
+    write_report(model, dataset, trials, best, output_dir, overrides, config_files)
+    return best, trials
 
 
 def rerun_command(model, dataset, params, overrides=None, config_files=None):

@@ -6,19 +6,22 @@ import pytest
 
 from conftest import ROOT, tiny_overrides
 from recbole_llm_mtl import hyper
-from recbole_llm_mtl.hyper import rerun_command, tune
+from recbole_llm_mtl.errors import LLMMTLError
+from recbole_llm_mtl.hyper import read_space, rerun_command, tune
 
 
 def test_two_trials_report_and_resume(tiny_root, cache_dir, workdir, monkeypatch):
     space = workdir / "space.hyper"
-    space.write_text("learning_rate choice [0.001,0.003]\n")
+    # a dict-valued choice too: hyperopt cannot enumerate dicts, read_space stands them in
+    space.write_text("# two trials\nlearning_rate choice [0.001,0.003]\ntask_weights choice [{'behavior': 1.0}]\n")
     best, trials = tune("LLMMTL", "amazon", str(space), algo="exhaustive",
                         overrides=tiny_overrides(tiny_root, cache_dir, task_weights={"behavior": 1.0}),
                         output_dir=str(workdir / "hyper"))
     assert sorted(t["params"]["learning_rate"] for t in trials) == [0.001, 0.003]
     assert best["learning_rate"] in (0.001, 0.003)
     best_trial = max(trials, key=lambda t: t["best_valid_score"])
-    assert best_trial["params"] == best
+    assert best_trial["params"] == best and best["task_weights"] == {"behavior": 1.0}
+    assert all(t["params"]["task_weights"] == {"behavior": 1.0} for t in trials)
     table = (workdir / "hyper" / "LLMMTL-amazon.md").read_text()
     assert table.count("| 0.00") >= 2 and "python run_recbole_llm.py --model=LLMMTL" in table
     assert (workdir / "hyper" / "LLMMTL-amazon.csv").read_text().count("\n") == 3
@@ -46,11 +49,41 @@ def test_two_trials_report_and_resume(tiny_root, cache_dir, workdir, monkeypatch
 
 
 def test_shipped_spaces_parse():
+    """Every shipped space builds; an all-choice one builds for exhaustive search (RecBole's
+    own reader fails there on dict options such as task_weights) with the full grid size."""
+    import ast
+    import math
+
     from recbole.trainer import HyperTuning
 
     names = sorted(os.listdir(os.path.join(ROOT, "properties", "hyper")))
     assert {"LLMMTL.hyper", "LLMMTL-tasks.hyper", "SASRec.hyper", "FDSA.hyper", "LightGCN.hyper"} <= set(names)
     for name in names:
-        tuner = HyperTuning(lambda *a: None, params_file=os.path.join(ROOT, "properties", "hyper", name), algo="random")
+        path = os.path.join(ROOT, "properties", "hyper", name)
+        space, decode = read_space(path)
+        exhaustive = set(space) == {"choice"}
+        tuner = HyperTuning(lambda *a: None, params_dict=space, algo="exhaustive" if exhaustive else "random")
         assert tuner.space, name
         assert "learning_rate" in tuner.space or name == "LLMMTL-tasks.hyper", name
+        if exhaustive:
+            assert tuner.max_evals == math.prod(len(v) for v in space["choice"].values()), name
+        with open(path) as f:  # every option decodes to the value the file wrote
+            written = {line.split()[0]: ast.literal_eval("".join(line.split()[2:]))
+                       for line in f if line.split()[1:2] == ["choice"]}
+        for key, values in written.items():
+            assert [decode({key: v})[key] for v in space["choice"][key]] == values, (name, key)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learning_rate\n", "line 2: expected"),
+    ("learning_rate choice 0.001\n", "line 2: choice 'learning_rate' needs a non-empty Python list"),
+    ("learning_rate choice [0.001,\n", "needs a non-empty Python list"),
+    ("learning_rate uniform 0.1\n", "uniform 'learning_rate' needs 2 comma-separated numbers"),
+    ("learning_rate normal 0,1\n", "unknown type 'normal'"),
+])
+def test_bad_space_lines_are_named(workdir, text, message):
+    path = workdir / "bad.hyper"
+    path.write_text("hidden_size choice [64]\n" + text)
+    with pytest.raises(LLMMTLError, match=message) as e:
+        read_space(str(path))
+    assert str(path) in str(e.value)

@@ -5,7 +5,7 @@
 Each run is a separate process (so its peak memory is its own) that goes through the same
 ``run()`` as the CLI. Finished runs are kept as JSON under ``<out>/runs/<dataset>/`` and
 are not redone while their recorded config input and data files match what the row would
-run now; a stale one (changed model YAML, override, protocol or data file) is moved to
+run now; a stale one (changed model YAML, override, protocol, data file or model results version) is moved to
 ``stale/`` beside it and run again. A killed run resumes from the resume state in its
 checkpoint folder (``--checkpoints``) unless that state was left by other settings (it is
 then set aside and the row starts afresh). Writes
@@ -198,7 +198,19 @@ def stale_reason(result_path, spec):
         old = json.load(f)
     if "config_input" not in old:
         return "made before runs recorded their config"
-    return config_change(old["config_input"], spec) or data_change(old.get("data_fingerprint"), spec)
+    return (config_change(old["config_input"], spec) or results_version_change(old, spec)
+            or data_change(old.get("data_fingerprint"), spec))
+
+
+def results_version_change(old, spec):
+    """The model's code computes something else now than when ``old`` ran (its class's
+    ``RESULTS_VERSION`` moved on), or None. Runs made before versions were recorded count
+    as version 1; a model without a version (RecBole's own) never changes here."""
+    from recbole_llm_mtl.config import get_model_class
+
+    now = getattr(get_model_class(spec["model"]), "RESULTS_VERSION", None)
+    was = old.get("results_version", 1 if now is not None else None)
+    return None if was == now else f"model code changed: results version {was} -> {now}"
 
 
 _fingerprints = {}  # (path, size, mtime) -> fingerprint: a report reads each file once

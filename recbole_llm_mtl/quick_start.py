@@ -132,6 +132,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
         "text_dtype": text_dtype(config),
         # what the model used, where it says (LLMMTL: a part its config asks for may have no data)
         "parts": trainer.model.parts() if hasattr(trainer.model, "parts") else None,
+        "results_version": getattr(trainer.model, "RESULTS_VERSION", None),
         # which data: a hash of every atomic file read (row order aside)
         "data_fingerprint": getattr(built.dataset, "data_fingerprint", {}),
         "per_user_ndcg@10": {"valid": valid_users, "test": test_users},

@@ -64,6 +64,23 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert fourth.returncode == 0, fourth.stderr[-2000:]
     assert "BPR seed 2020: the earlier run is stale (data changed in " in fourth.stdout
     assert fourth.stdout.count("done earlier, kept") == 3
+    # a run made by model code that computes something else now (RESULTS_VERSION) is stale;
+    # a run from before versions were recorded counts as version 1; RecBole's models have none
+    assert json.loads(bpr.read_text())["results_version"] is None
+    runs = out / "runs" / "amazon-tiny"
+    for slug, version in (("LLMMTL-seed2020", 0), ("LLMMTL_w_o_L_u-seed2020", None)):
+        path = runs / f"{slug}.json"
+        old = json.loads(path.read_text())
+        assert old["results_version"] == 1
+        if version is None:
+            del old["results_version"]
+        else:
+            old["results_version"] = version
+        path.write_text(json.dumps(old))
+    fifth = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert fifth.returncode == 0, fifth.stderr[-2000:]
+    assert "LLMMTL seed 2020: the earlier run is stale (model code changed: results version 0 -> 1)" in fifth.stdout
+    assert fifth.stdout.count("done earlier, kept") == 3
 
 
 def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):

@@ -394,11 +394,11 @@ def best_baseline(rows):
     return max(baselines, key=lambda r: r["ndcg@10"]) if baselines else None
 
 
-def _test_per_user(loaded, name):
-    """{user: test NDCG@10 averaged over the row's seeds}."""
+def _per_user(loaded, name, split="test"):
+    """{user: ``split`` NDCG@10 averaged over the row's seeds}."""
     from recbole_llm_mtl.significance import seed_mean
 
-    return seed_mean([r["per_user"]["test"] for r in loaded[name] if (r.get("per_user") or {}).get("test")])
+    return seed_mean([r["per_user"][split] for r in loaded[name] if (r.get("per_user") or {}).get(split)])
 
 
 def compare_with_best_baseline(rows, loaded):
@@ -409,11 +409,11 @@ def compare_with_best_baseline(rows, loaded):
     best = best_baseline(rows)
     if best is None:
         return {}
-    reference = _test_per_user(loaded, best["model"])
+    reference = _per_user(loaded, best["model"])
     out = {}
     for row in rows:
         if RUNS[row["model"]][0] == "LLMMTL" and not _is_cold(row) and reference:
-            test = paired_test(_test_per_user(loaded, row["model"]), reference)
+            test = paired_test(_per_user(loaded, row["model"]), reference)
             if test:
                 out[row["model"]] = {**test, "baseline": best["model"]}
     return out
@@ -433,18 +433,18 @@ PARTS = {
 
 
 def compare_parts(rows, loaded):
-    """What each part adds: mean test NDCG@10 with the part minus without it (full LLMMTL
-    against the row that removes or adds it), against seed noise (the bar: above twice the
-    larger seed standard deviation of the two rows) and as a paired test over users. A row
-    whose runs used the same parts as full LLMMTL (recorded by the model: e.g. user text on
-    a dataset with none) is the same model and is marked, not compared."""
+    """What each part adds: mean NDCG@10 with the part minus without it (full LLMMTL against
+    the row that removes or adds it), on test and on valid (where decisions are taken),
+    against seed noise (the bar: above twice the larger seed standard deviation of the two
+    rows) and as a paired test over users. A row whose runs used the same parts as full
+    LLMMTL (recorded by the model: e.g. user text on a dataset with none) is the same model
+    and is marked, not compared."""
     from recbole_llm_mtl.significance import paired_test
 
     by_name = {r["model"]: r for r in rows}
     full = by_name.get("LLMMTL")
     if full is None:
         return {}
-    full_users = _test_per_user(loaded, "LLMMTL")
     full_parts = {json.dumps(r.get("parts"), sort_keys=True) for r in loaded.get("LLMMTL", [])}
     out = {}
     for row in rows:
@@ -456,13 +456,16 @@ def compare_parts(rows, loaded):
         if row_parts == full_parts and "null" not in row_parts:
             out[name] = {"part": part, "same_model": True}
             continue
-        stds = [s for s in (full["ndcg@10_std"], row["ndcg@10_std"]) if s is not None]
-        noise = max(stds) if len(stds) == 2 else None
-        gain = sign * (full["ndcg@10"] - row["ndcg@10"])
-        with_part, without = (full_users, _test_per_user(loaded, name))[::sign]
-        out[name] = {"part": part, "gain": gain, "seed_std": noise,
-                     "beyond_2std": None if noise is None else gain > 2 * noise,
-                     **(paired_test(with_part, without) or {})}
+        out[name] = {"part": part}
+        for split, key, prefix in (("test", "ndcg@10", ""), ("valid", "valid_ndcg@10", "valid_")):
+            stds = [s for s in (full[key + "_std"], row[key + "_std"]) if s is not None]
+            noise = max(stds) if len(stds) == 2 else None
+            gain = sign * (full[key] - row[key])
+            with_part, without = (_per_user(loaded, "LLMMTL", split), _per_user(loaded, name, split))[::sign]
+            paired = paired_test(with_part, without) or {}
+            out[name].update({prefix + "gain": gain, prefix + "seed_std": noise,
+                              prefix + "beyond_2std": None if noise is None else gain > 2 * noise,
+                              **{prefix + k: v for k, v in paired.items()}})
     return out
 
 
@@ -584,22 +587,28 @@ def _parts_lines(parts):
     if not parts:
         return []
     lines = ["", "## What each part adds", "",
-             "Mean test NDCG@10 with the part minus without it (full LLMMTL against the row that removes or "
+             "Mean NDCG@10 with the part minus without it (full LLMMTL against the row that removes or "
              "adds it): a part earns its place when the gain is above twice the larger seed standard deviation "
              "of the two rows; the paired test over users (per-user means over seeds; bootstrap interval, "
-             "Wilcoxon p) is the finer look.", "",
-             "| part | row | gain of the part | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p |",
-             "|---|---|---|---|---|---|---|"]
+             "Wilcoxon p) is the finer look. Decisions read the valid columns; the test columns are the "
+             "final measurement.", "",
+             "| part | row | test gain | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p "
+             "| valid gain | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in parts.items():
         if t.get("same_model"):
-            lines.append(f"| {t['part']} | {name} | - | - | not active on this dataset: the row is the same "
-                         "model as full LLMMTL | - | - |")
+            lines.append(f"| {t['part']} | {name} | not active on this dataset: the row is the same "
+                         "model as full LLMMTL |" + " - |" * 10)
             continue
-        two_std = "-" if t["seed_std"] is None else f"{2 * t['seed_std']:.4f}"
-        beyond = {None: "- (one seed)", True: "yes", False: "no"}[t["beyond_2std"]]
-        ci = f"[{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]" if "ci95" in t else "-"
-        lines.append(f"| {t['part']} | {name} | {t['gain']:+.4f} | {two_std} | {beyond} | {ci} | "
-                     f"{_fmt_p(t) if 'p_wilcoxon' in t else '-'} |")
+        cells = []
+        for prefix in ("", "valid_"):
+            std = t[prefix + "seed_std"]
+            ci = t.get(prefix + "ci95")
+            cells += [f"{t[prefix + 'gain']:+.4f}", "-" if std is None else f"{2 * std:.4f}",
+                      {None: "- (one seed)", True: "yes", False: "no"}[t[prefix + "beyond_2std"]],
+                      f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "-",
+                      _fmt_p({"p_wilcoxon": t[prefix + "p_wilcoxon"]}) if prefix + "p_wilcoxon" in t else "-"]
+        lines.append(f"| {t['part']} | {name} | " + " | ".join(cells) + " |")
     return lines
 
 

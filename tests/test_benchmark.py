@@ -30,10 +30,14 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     part = data["parts"]["LLMMTL w/o L_u"]
     assert part["beyond_2std"] is None and part["users"] == 300  # one seed: no seed std to compare with
     assert abs(part["gain"] - part["mean_diff"]) < 1e-4
+    # ... and on valid, where decisions are taken (per-user valid scores of the best checkpoint)
+    assert part["valid_beyond_2std"] is None and part["valid_users"] == 300
+    assert abs(part["valid_gain"] - part["valid_mean_diff"]) < 1e-4 and part["valid_gain"] != part["gain"]
     assert "## What each part adds" in table and "| L_u | LLMMTL w/o L_u | " in table
     # the slice has no profile fields or reviews: "w/o user text" is the full model, and says so
     assert data["parts"]["LLMMTL w/o user text"] == {"part": "user text", "same_model": True}
-    assert "| user text | LLMMTL w/o user text | - | - | not active on this dataset" in table
+    assert "| user text | LLMMTL w/o user text | not active on this dataset" in table
+    assert "| part | row | test gain |" in table and "| valid gain |" in table
     _check_provenance(out / "runs" / "amazon-tiny" / "LLMMTL-seed2020.json")
     # the paired test over users: LLMMTL against the only (so the best) baseline
     test = data["significance"]["LLMMTL"]

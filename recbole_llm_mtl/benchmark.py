@@ -169,7 +169,8 @@ def run_all(args):
             print(f"[{k}/{len(todo)}] {name} seed {seed}: the earlier run is stale ({why}); "
                   f"moved to {moved}, running it again", flush=True)
         resume = latest_resume_file(ckpt_dir)
-        why = resume and config_change(_resume_config_input(resume), spec)
+        state = resume and _resume_state(resume)
+        why = resume and (config_change(state["config_input"], spec) or results_version_change(state, spec))
         if why:  # a state left by other settings (its JSON is gone): resuming would mix the two
             moved = _set_aside(result, ckpt_dir)
             print(f"[{k}/{len(todo)}] {name} seed {seed}: the resume state is stale ({why}); "
@@ -203,9 +204,10 @@ def stale_reason(result_path, spec):
 
 
 def results_version_change(old, spec):
-    """The model's code computes something else now than when ``old`` ran (its class's
-    ``RESULTS_VERSION`` moved on), or None. Runs made before versions were recorded count
-    as version 1; a model without a version (RecBole's own) never changes here."""
+    """The model's code computes something else now than when ``old`` (a run JSON or a
+    resume state) was made (its class's ``RESULTS_VERSION`` moved on), or None. Runs made
+    before versions were recorded count as version 1; a model without a version (RecBole's
+    own) never changes here."""
     from recbole_llm_mtl.config import get_model_class
 
     now = getattr(get_model_class(spec["model"]), "RESULTS_VERSION", None)
@@ -254,11 +256,14 @@ def _spec_config(spec):
     return _spec_configs[key]
 
 
-def _resume_config_input(path):
-    """What the user set for the run that left resume state ``path`` (dataset aside)."""
+def _resume_state(path):
+    """What the user set for the run that left resume state ``path`` (dataset aside), and
+    the model's results version it was made under."""
     from recbole_llm_mtl.trainer import load_checkpoint
 
-    return {k: v for k, v in load_checkpoint(path).get("config_input", {}).items() if k != "dataset"}
+    state = load_checkpoint(path)
+    return {"config_input": {k: v for k, v in state.get("config_input", {}).items() if k != "dataset"},
+            **({"results_version": state["results_version"]} if "results_version" in state else {})}
 
 
 def config_change(was, spec):
@@ -312,7 +317,9 @@ def rerun_from_json(args):
         spec = {"model": old["model"], "dataset": old["dataset"], "checkpoint_dir": ckpt_dir,
                 "resume": latest_resume_file(ckpt_dir),
                 "overrides": {k: v for k, v in old["config_input"].items() if k != "checkpoint_dir"}}
-        print(f"{name}: re-making {old['model']} on {old['dataset']} ...", flush=True)
+        changed = results_version_change(old, spec)
+        print(f"{name}: re-making {old['model']} on {old['dataset']}"
+              + (f" ({changed}: the figures may differ)" if changed else "") + " ...", flush=True)
         result = train_row(spec, os.path.join(out_dir, name), os.path.join(out_dir, name[:-5] + ".log"))
         if result:
             with open(result) as f:
@@ -598,18 +605,25 @@ def _parts_lines(parts):
     for name, t in parts.items():
         if t.get("same_model"):
             lines.append(f"| {t['part']} | {name} | not active on this dataset: the row is the same "
-                         "model as full LLMMTL |" + " - |" * 10)
+                         "model as full LLMMTL |" + " - |" * 9)
             continue
         cells = []
         for prefix in ("", "valid_"):
             std = t[prefix + "seed_std"]
             ci = t.get(prefix + "ci95")
             cells += [f"{t[prefix + 'gain']:+.4f}", "-" if std is None else f"{2 * std:.4f}",
-                      {None: "- (one seed)", True: "yes", False: "no"}[t[prefix + "beyond_2std"]],
+                      _beyond(t[prefix + "beyond_2std"], t[prefix + "gain"], std),
                       f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "-",
                       _fmt_p({"p_wilcoxon": t[prefix + "p_wilcoxon"]}) if prefix + "p_wilcoxon" in t else "-"]
         lines.append(f"| {t['part']} | {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _beyond(beyond, gain, std):
+    """The 2-std bar in words: a part that costs more than the bar says so."""
+    if beyond is None:
+        return "- (one seed)"
+    return "yes" if beyond else ("no: costs more than 2 std" if -gain > 2 * std else "no")
 
 
 def _cold_lines(rows):

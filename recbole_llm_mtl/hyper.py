@@ -18,6 +18,7 @@ import csv
 import hashlib
 import json
 import os
+import shlex
 import sys
 
 from recbole_llm_mtl.errors import LLMMTLError
@@ -33,43 +34,53 @@ def read_space(path):
     Returns ``(params_dict, decode)``. hyperopt cannot enumerate a choice whose options are
     dicts or lists (RecBole's exhaustive search fails deep inside hyperopt on, e.g.,
     ``task_weights``), so such options stand in the space as ``option <i>`` strings and
-    ``decode(params)`` maps a sampled point back to the real values. Lines that are blank or
-    start with ``#`` are skipped; any other malformed line is named with its file and line.
+    ``decode(params)`` maps a sampled point back to the real values. Options are Python
+    literals (RecBole evaluates them as any expression). Lines that are blank or start with
+    ``#`` are skipped (RecBole's own reader does not allow comments); any other malformed line,
+    or a name defined twice, is named with its file and line.
     """
-    params, options = {}, {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            where = f"{path}, line {number}"
-            parts = line.split(None, 2)
-            if len(parts) < 3:
-                raise LLMMTLError(f"{where}: expected '<name> <choice|uniform|quniform|loguniform> <values>', "
-                                  f"got {line.strip()!r}")
-            name, kind, text = parts[0], parts[1], "".join(parts[2].split())  # as RecBole: spaces dropped
-            if kind == "choice":
-                try:
-                    values = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    values = None
-                if not isinstance(values, list) or not values:
-                    raise LLMMTLError(f"{where}: choice '{name}' needs a non-empty Python list, got {text!r}")
-                if any(isinstance(v, (dict, list, tuple)) for v in values):
-                    options[name] = {f"option {i}": v for i, v in enumerate(values)}
-                    values = list(options[name])
-                params.setdefault("choice", {})[name] = values
-            elif kind in SPACE_ARITY:
-                try:
-                    values = [float(v) for v in text.split(",")]
-                except ValueError:
-                    values = []
-                if len(values) != SPACE_ARITY[kind]:
-                    raise LLMMTLError(f"{where}: {kind} '{name}' needs {SPACE_ARITY[kind]} comma-separated "
-                                      f"numbers, got {text!r}")
-                params.setdefault(kind, {})[name] = values
-            else:
-                raise LLMMTLError(f"{where}: unknown type '{kind}' for '{name}' "
-                                  f"(one of choice, {', '.join(SPACE_ARITY)})")
+    params, options, seen = {}, {}, {}
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: an editor's BOM is not part of a name
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise LLMMTLError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}, line {number}"
+        parts = line.split(None, 2)
+        if len(parts) < 3:
+            raise LLMMTLError(f"{where}: expected '<name> <choice|uniform|quniform|loguniform> <values>', "
+                              f"got {line.strip()!r}")
+        name, kind, text = parts[0], parts[1], "".join(parts[2].split())  # as RecBole: spaces dropped
+        if name in seen:
+            raise LLMMTLError(f"{where}: '{name}' is already defined on line {seen[name]}")
+        seen[name] = number
+        if kind == "choice":
+            try:
+                values = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                values = None
+            if not isinstance(values, list) or not values:
+                raise LLMMTLError(f"{where}: choice '{name}' needs a non-empty list of Python literals, "
+                                  f"got {text!r}")
+            if any(isinstance(v, (dict, list, tuple)) for v in values):
+                options[name] = {f"option {i}": v for i, v in enumerate(values)}
+                values = list(options[name])
+            params.setdefault("choice", {})[name] = values
+        elif kind in SPACE_ARITY:
+            try:
+                values = [float(v) for v in text.split(",")]
+            except ValueError:
+                values = []
+            if len(values) != SPACE_ARITY[kind]:
+                raise LLMMTLError(f"{where}: {kind} '{name}' needs {SPACE_ARITY[kind]} comma-separated "
+                                  f"numbers, got {text!r}")
+            params.setdefault(kind, {})[name] = values
+        else:
+            raise LLMMTLError(f"{where}: unknown type '{kind}' for '{name}' "
+                              f"(one of choice, {', '.join(SPACE_ARITY)})")
     if not params:
         raise LLMMTLError(f"{path}: no parameters to search")
 
@@ -80,7 +91,7 @@ def read_space(path):
 
 
 def _cli_value(value):
-    return repr(value).replace(" ", "") if not isinstance(value, str) else value
+    return repr(value) if not isinstance(value, str) else value
 
 
 def _trial_key(params, fixed=None):
@@ -121,6 +132,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     """
     from recbole.trainer import HyperTuning
 
+    from recbole_llm_mtl.config import get_model_class
     from recbole_llm_mtl.trainer import latest_resume_file
 
     if not os.path.isfile(params_file):
@@ -132,6 +144,9 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     done = _load_trials(base + ".trials.jsonl")
     trials = []
     fixed = dict(overrides or {})
+    version = getattr(get_model_class(model), "RESULTS_VERSION", None)
+    if version not in (None, 1):  # trials (and their checkpoints) of older model code are not reused
+        fixed["results_version"] = version
     if config_files:  # by content: a trial made with another version of a YAML is not reused
         fixed["config_files"] = {path: _file_hash(path) for path in config_files}
 
@@ -142,6 +157,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
         key = _trial_key(params, fixed)
         record = done.get(key)
         if record is None:
+            print(f"trial {params}: training")  # (RecBole printed the space's stand-ins)
             folder = os.path.join(output_dir, "checkpoints", f"{model}-{dataset}",
                                   hashlib.sha1(key.encode()).hexdigest()[:12])
             result = run(model, dataset, fixed_files, resume=latest_resume_file(folder),
@@ -172,11 +188,13 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
 
 
 def rerun_command(model, dataset, params, overrides=None, config_files=None):
-    args = [f"--model={model}", f"--dataset={dataset}"]
+    """The shell command of a plain training run with ``params``, quoted so that a dict or a
+    value with spaces reaches the program as one argument."""
+    args = ["python", "run_recbole_llm.py", f"--model={model}", f"--dataset={dataset}"]
     if config_files:
-        args.append(f"--config_files=\"{' '.join(config_files)}\"")
+        args.append(f"--config_files={' '.join(config_files)}")
     args += [f"--{k}={_cli_value(v)}" for k, v in {**(overrides or {}), **params}.items()]
-    return "python run_recbole_llm.py " + " ".join(args)
+    return shlex.join(args)
 
 
 def write_report(model, dataset, trials, best, output_dir, overrides=None, config_files=None):

@@ -193,6 +193,8 @@ class CheckpointMixin:
             # what the user set (YAML files + overrides): rebuilds the same Config on load
             "config_input": {"dataset": self.config["dataset"],
                              **plain_config(self.config.external_config_dict)},
+            # which code computed it: resuming under another version would mix two models
+            "results_version": getattr(self.model, "RESULTS_VERSION", None),
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),

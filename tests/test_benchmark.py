@@ -85,6 +85,19 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert fifth.returncode == 0, fifth.stderr[-2000:]
     assert "LLMMTL seed 2020: the earlier run is stale (model code changed: results version 0 -> 1)" in fifth.stdout
     assert fifth.stdout.count("done earlier, kept") == 3
+    # ... and so is a resume state left by other model code: not resumed, the row trains afresh
+    import torch
+
+    (resume,) = (workdir / "saved" / "benchmark" / "amazon-tiny" / "LLMMTL-seed2020").glob("*-last.pth")
+    state = torch.load(resume, weights_only=True)
+    assert state["results_version"] == 1
+    state["results_version"] = 0
+    torch.save(state, resume)
+    (runs / "LLMMTL-seed2020.json").unlink()
+    sixth = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert sixth.returncode == 0, sixth.stderr[-2000:]
+    assert "LLMMTL seed 2020: the resume state is stale (model code changed: results version 0 -> 1)" in sixth.stdout
+    assert "LLMMTL seed 2020: training ..." in sixth.stdout
 
 
 def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):

@@ -1,6 +1,8 @@
 """RecBole HyperTuning through our run(): 2 tiny trials end to end."""
 
+import ast
 import os
+import shlex
 
 import pytest
 
@@ -8,6 +10,7 @@ from conftest import ROOT, tiny_overrides
 from recbole_llm_mtl import hyper
 from recbole_llm_mtl.errors import LLMMTLError
 from recbole_llm_mtl.hyper import read_space, rerun_command, tune
+from recbole_llm_mtl.quick_start import parse_args
 
 
 def test_two_trials_report_and_resume(tiny_root, cache_dir, workdir, monkeypatch):
@@ -26,6 +29,12 @@ def test_two_trials_report_and_resume(tiny_root, cache_dir, workdir, monkeypatch
     assert table.count("| 0.00") >= 2 and "python run_recbole_llm.py --model=LLMMTL" in table
     assert (workdir / "hyper" / "LLMMTL-amazon.csv").read_text().count("\n") == 3
     assert "--learning_rate=0.003" in rerun_command("LLMMTL", "amazon", {"learning_rate": 0.003})
+    # the printed command survives the shell: a dict or a spaced value stays one argument
+    weights = {"behavior": 1.0, "user_profile": 0.3}
+    argv = shlex.split(rerun_command("LLMMTL", "amazon", {"task_weights": weights}, {"note": "a b"}, ["x.yaml", "y.yaml"]))
+    args, overrides = parse_args(argv[2:])
+    assert ast.literal_eval(overrides["task_weights"]) == weights and overrides["note"] == "a b"
+    assert args.config_files == "x.yaml y.yaml"
     assert all(t["test"] == {} and t["valid"]["ndcg@10"] >= 0 for t in trials), "tuning read the test split"
     assert "test was not read" in table
 
@@ -76,10 +85,11 @@ def test_shipped_spaces_parse():
 
 @pytest.mark.parametrize("text, message", [
     ("learning_rate\n", "line 2: expected"),
-    ("learning_rate choice 0.001\n", "line 2: choice 'learning_rate' needs a non-empty Python list"),
-    ("learning_rate choice [0.001,\n", "needs a non-empty Python list"),
+    ("learning_rate choice 0.001\n", "line 2: choice 'learning_rate' needs a non-empty list of Python literals"),
+    ("learning_rate choice [0.001,\n", "needs a non-empty list of Python literals"),
     ("learning_rate uniform 0.1\n", "uniform 'learning_rate' needs 2 comma-separated numbers"),
     ("learning_rate normal 0,1\n", "unknown type 'normal'"),
+    ("hidden_size uniform 0,1\n", "line 2: 'hidden_size' is already defined on line 1"),
 ])
 def test_bad_space_lines_are_named(workdir, text, message):
     path = workdir / "bad.hyper"
@@ -87,3 +97,12 @@ def test_bad_space_lines_are_named(workdir, text, message):
     with pytest.raises(LLMMTLError, match=message) as e:
         read_space(str(path))
     assert str(path) in str(e.value)
+
+
+def test_space_file_encoding(workdir):
+    path = workdir / "space.hyper"
+    path.write_bytes("\ufeffhidden_size choice [64,128]\n".encode("utf-8"))  # a Windows editor's BOM
+    assert read_space(str(path))[0] == {"choice": {"hidden_size": [64, 128]}}
+    path.write_bytes(b"hidden_size choice [64]  # caf\xe9\n")
+    with pytest.raises(LLMMTLError, match="not UTF-8 text"):
+        read_space(str(path))

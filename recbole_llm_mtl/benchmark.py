@@ -47,9 +47,10 @@ RUNS = {
     "FDSA": ("FDSA", {}, SEEDS),
     "BPR": ("BPR", {}, SEEDS),
     "LightGCN": ("LightGCN", {}, SEEDS),
-    "LLMMTL w/o L_u": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}}, SEEDS),
-    "LLMMTL w/o L_v": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.0}}, SEEDS),
-    "LLMMTL behaviour loss only": ("LLMMTL", {"task_weights": {"behavior": 1.0}}, SEEDS),
+    # the default has L_v alone (L_u lowered valid, tuning log session 8): w/o L_v is the
+    # behaviour loss alone, and L_u is a part one adds
+    "LLMMTL w/o L_v": ("LLMMTL", {"task_weights": {"behavior": 1.0}}, SEEDS),
+    "LLMMTL + L_u": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.1}}, SEEDS),
     "LLMMTL w/o user text": ("LLMMTL", {"user_text": False}, SEEDS),
     "LLMMTL + recent titles as user text": ("LLMMTL", {"user_text": True, "user_recent_titles": True}, SEEDS),
     "LLMMTL scorer: dot": ("LLMMTL", {"scorer": "dot"}, SEEDS),
@@ -430,9 +431,8 @@ def compare_with_best_baseline(rows, loaded):
 PARTS = {
     "LLMMTL w/o user text": ("user text", 1),
     "LLMMTL + recent titles as user text": ("recent titles in user text", -1),
-    "LLMMTL w/o L_u": ("L_u", 1),
     "LLMMTL w/o L_v": ("L_v", 1),
-    "LLMMTL behaviour loss only": ("L_u and L_v", 1),
+    "LLMMTL + L_u": ("L_u (weight 0.1)", -1),
     "LLMMTL scorer: dot": ("MLP scorer (against dot)", 1),
     "LLMMTL text only (no ID)": ("item ID embedding", 1),
     "LLMMTL ID only (no text)": ("item text", 1),

@@ -52,6 +52,11 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+# every task on (the default has L_v alone): tests of the tasks and of leakage use it, so the
+# opt-in user-profile task stays covered
+ALL_TASKS = {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.1}
+
+
 def tiny_overrides(tiny_root, cache_dir, **extra):
     base = {"data_path": tiny_root, "text_cache_dir": cache_dir, "show_progress": False,
             "epochs": 1, "eval_batch_size": 256, "train_batch_size": 64, "state": "ERROR"}

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import build
+from conftest import ALL_TASKS, build
 from recbole_llm_mtl.config import build_config
 from recbole_llm_mtl.errors import ConfigError, DataError, TrainingError
 from recbole_llm_mtl.trainer import load_checkpoint
@@ -58,7 +58,7 @@ def test_items_without_item_row_and_empty_text_still_train(copy_root, cache_dir,
 
 
 def test_nan_loss_names_the_task(tiny_root, cache_dir):
-    _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir)
+    _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, task_weights=ALL_TASKS)
     with torch.no_grad():
         model.tasks["user_profile"].head.weight.fill_(float("nan"))
     with pytest.raises(TrainingError, match="user_profile loss became nan at training step 1"):

@@ -13,7 +13,7 @@ from conftest import ROOT
 def test_harness_tiny_and_resumable(tiny_root, workdir):
     out = workdir / "results"
     cmd = [sys.executable, "-m", "recbole_llm_mtl.benchmark", "--dataset", "amazon", "--tiny", "--data_path", tiny_root,
-           "--models", "LLMMTL", "LLMMTL w/o L_u", "LLMMTL w/o user text", "BPR", "--max_seeds", "1",
+           "--models", "LLMMTL", "LLMMTL + L_u", "LLMMTL w/o user text", "BPR", "--max_seeds", "1",
            "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=ROOT)
     first = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
@@ -24,16 +24,16 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     table = (out / "amazon-tiny.md").read_text()
     assert "| LLMMTL | 1 |" in table and "| BPR | 1 |" in table and "VQ-Rec (published, not re-run)" in table
     data = json.loads((out / "amazon-tiny.json").read_text())
-    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL w/o L_u", "LLMMTL w/o user text", "BPR"}
+    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL + L_u", "LLMMTL w/o user text", "BPR"}
     assert data["commit"]
     # what the left-out part adds: full minus ablation, paired over the same users
-    part = data["parts"]["LLMMTL w/o L_u"]
+    part = data["parts"]["LLMMTL + L_u"]  # an added part: the row with it against full LLMMTL
     assert part["beyond_2std"] is None and part["users"] == 300  # one seed: no seed std to compare with
     assert abs(part["gain"] - part["mean_diff"]) < 1e-4
     # ... and on valid, where decisions are taken (per-user valid scores of the best checkpoint)
     assert part["valid_beyond_2std"] is None and part["valid_users"] == 300
     assert abs(part["valid_gain"] - part["valid_mean_diff"]) < 1e-4 and part["valid_gain"] != part["gain"]
-    assert "## What each part adds" in table and "| L_u | LLMMTL w/o L_u | " in table
+    assert "## What each part adds" in table and "| L_u (weight 0.1) | LLMMTL + L_u | " in table
     # the slice has no profile fields or reviews: "w/o user text" is the full model, and says so
     assert data["parts"]["LLMMTL w/o user text"] == {"part": "user text", "same_model": True}
     assert "| user text | LLMMTL w/o user text | not active on this dataset" in table
@@ -72,7 +72,7 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     # a run from before versions were recorded counts as version 1; RecBole's models have none
     assert json.loads(bpr.read_text())["results_version"] is None
     runs = out / "runs" / "amazon-tiny"
-    for slug, version in (("LLMMTL-seed2020", 0), ("LLMMTL_w_o_L_u-seed2020", None)):
+    for slug, version in (("LLMMTL-seed2020", 0), ("LLMMTL___L_u-seed2020", None)):
         path = runs / f"{slug}.json"
         old = json.loads(path.read_text())
         assert old["results_version"] == 1

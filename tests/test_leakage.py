@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 import pytest
 import torch
 
-from conftest import build, run_captured
+from conftest import ALL_TASKS, build, run_captured
 
 
 def _raw_sequences(tiny_root, dataset):
@@ -45,7 +45,7 @@ def test_user_side_ignores_held_out_items(tiny_root, cache_dir):
     """The user-side query that ranks a user's valid item does not change when everything
     the model knows about that user's valid and test items (text vector, id embedding,
     tags) is replaced: it never reads them."""
-    config, train, valid, test, model = build("LLMMTL", tiny_root, cache_dir)
+    config, train, valid, test, model = build("LLMMTL", tiny_root, cache_dir, task_weights=ALL_TASKS)
     model.eval()
     batch = next(iter(valid))[0]
     seq, lens, users = batch["item_id_list"], batch["item_length"], batch["user_id"]
@@ -134,7 +134,7 @@ def held_out_runs(tiny_root, cache_dir, tmp_path_factory):
     """One epoch of LLMMTL through run() on each data path of :func:`held_out_pair`."""
     out = tmp_path_factory.mktemp("held_out")
     same, moved = held_out_pair(tiny_root, out)
-    return {name: run_captured("LLMMTL", path, cache_dir, str(out / f"run-{name}"))[1]
+    return {name: run_captured("LLMMTL", path, cache_dir, str(out / f"run-{name}"), task_weights=ALL_TASKS)[1]
             for name, path in (("same", same), ("moved", moved))}
 
 

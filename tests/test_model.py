@@ -5,13 +5,13 @@ import os
 import pytest
 import torch
 
-from conftest import build
+from conftest import ALL_TASKS, build
 from recbole_llm_mtl.text.cache import VectorCache
 
 
 @pytest.fixture(scope="module")
 def built(tiny_root, cache_dir):
-    return build("LLMMTL", tiny_root, cache_dir)
+    return build("LLMMTL", tiny_root, cache_dir, task_weights=ALL_TASKS)
 
 
 def _steps(model, loader, n, lr=1e-3):
@@ -41,8 +41,9 @@ def test_three_losses_finite_and_decreasing(built):
 @pytest.mark.parametrize("overrides,names", [
     ({"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}}, ["behavior", "item_semantics"]),
     ({"task_weights": {"behavior": 1.0}}, ["behavior"]),
-    ({"task_weighting": "uncertainty"}, ["behavior", "user_profile", "item_semantics"]),
-    ({"behavior_loss": "bce", "scorer": "dot"}, ["behavior", "user_profile", "item_semantics"]),
+    ({}, ["behavior", "item_semantics"]),  # the default: L_u off (tuning log, session 8)
+    ({"task_weighting": "uncertainty", "task_weights": ALL_TASKS}, ["behavior", "user_profile", "item_semantics"]),
+    ({"behavior_loss": "bce", "scorer": "dot", "task_weights": ALL_TASKS}, ["behavior", "user_profile", "item_semantics"]),
 ])
 def test_ablation_switches_change_losses(tiny_root, cache_dir, overrides, names):
     _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, **overrides)

@@ -6,9 +6,9 @@ Each run is a separate process (so its peak memory is its own) that goes through
 ``run()`` as the CLI. Finished runs are kept as JSON under ``<out>/runs/<dataset>/`` and
 are not redone while their recorded config input and data files match what the row would
 run now; a stale one (changed model YAML, override, protocol, data file or the model's
-``RESULTS_VERSION``) is moved to ``stale/`` beside it and run again. A killed run resumes from the resume state in its
-checkpoint folder (``--checkpoints``) unless that state was left by other settings (it is
-then set aside and the row starts afresh). Writes
+``RESULTS_VERSION``) is moved to ``stale/`` beside it and run again. A killed run
+resumes from the resume state in its checkpoint folder (``--checkpoints``) unless that
+state was left by other settings (it is then set aside and the row starts afresh). Writes
 ``<out>/<dataset>.md``, ``.csv``, ``.json`` and ``<dataset>.png`` (test NDCG@10 against
 training time).
 

@@ -453,6 +453,7 @@ def compare_parts(rows, loaded):
     if full is None:
         return {}
     full_parts = {json.dumps(r.get("parts"), sort_keys=True) for r in loaded.get("LLMMTL", [])}
+    full_users = {split: _per_user(loaded, "LLMMTL", split) for split in ("test", "valid")}
     out = {}
     for row in rows:
         name = row["model"]
@@ -468,7 +469,7 @@ def compare_parts(rows, loaded):
             stds = [s for s in (full[key + "_std"], row[key + "_std"]) if s is not None]
             noise = max(stds) if len(stds) == 2 else None
             gain = sign * (full[key] - row[key])
-            with_part, without = (_per_user(loaded, "LLMMTL", split), _per_user(loaded, name, split))[::sign]
+            with_part, without = (full_users[split], _per_user(loaded, name, split))[::sign]
             paired = paired_test(with_part, without) or {}
             out[name].update({prefix + "gain": gain, prefix + "seed_std": noise,
                               prefix + "beyond_2std": None if noise is None else gain > 2 * noise,

@@ -16,6 +16,10 @@ Every row runs 3 seeds. A run's JSON holds its resolved config, the config it wa
 (``config_input``), package versions, commit, machine and text dtype; per-user NDCG@10 of
 valid and test goes to ``<run>.users.json.gz`` (paired significance tests).
 ``--rerun_from_json FILE ...`` re-makes runs from their recorded config.
+
+``--protocol titles`` runs the same split with the item title as the only text and no tags,
+into ``<out>/runs/<dataset>-titles/``; a row whose model reads none of a protocol's keys
+(every RecBole baseline) is the same computation under both, so its runs are shared.
 """
 
 import argparse
@@ -60,10 +64,17 @@ RUNS = {
     "cold-start: LLMMTL inductive": ("LLMMTL", {"cold_item_ratio": 0.1, "item_id_embedding": False}, SEEDS),
     "cold-start: SASRec": ("SASRec", {"cold_item_ratio": 0.1}, SEEDS),
 }
-# Second protocols of the same harness (``--protocol``): overrides for every row, results in
-# their own runs folder. ``titles``: item text is the title alone and there are no tags, so
-# the auxiliary tasks must use labels the language model derives (issue 14).
-PROTOCOLS = {"": {}, "titles": {"item_text_fields": ["title"], "tag_fields": []}}
+# Second protocols of the same harness (``--protocol``): name -> (overrides, the models that
+# read them, models refused with why). Rows of the reading models run under the overrides into
+# the protocol's own runs folder; a row whose model reads none of them would be the same
+# computation, so it is run and kept once, in the first protocol's folder, and both reports
+# read it there. ``titles``: item text is the title alone and there are no tags, so the
+# auxiliary tasks must use labels the language model derives (issue 14).
+PROTOCOLS = {
+    "": ({}, (), {}),
+    "titles": ({"item_text_fields": ["title"], "tag_fields": []}, ("LLMMTL",),
+               {"FDSA": "FDSA reads the item tags as features (selected_features), which this protocol removes"}),
+}
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "BPR", "LightGCN")
 PUBLISHED = {  # not re-run: RUCAIBox/VQ-Rec README, same data and protocol (amazon as shipped only)
     "amazon": {"VQ-Rec (published, not re-run)": {"recall@10": 0.1211, "ndcg@10": 0.0643, "recall@50": 0.2369,
@@ -139,28 +150,46 @@ def train_row(spec, result, log_path):
     return result
 
 
-def _runs_name(args):
+def _runs_name(args, protocol=None):
     """``<dataset>[-<protocol>][-tiny]``: the runs folder and report name of an invocation."""
-    return args.dataset + (f"-{args.protocol}" if args.protocol else "") + ("-tiny" if args.tiny else "")
+    protocol = args.protocol if protocol is None else protocol
+    return args.dataset + (f"-{protocol}" if protocol else "") + ("-tiny" if args.tiny else "")
+
+
+def _row_protocol(args, name):
+    """The protocol a row runs under: this invocation's, or the first one ("") when the row's
+    model reads none of its overrides (the same run serves both reports)."""
+    return args.protocol if RUNS[name][0] in PROTOCOLS[args.protocol][1] else ""
+
+
+def _row_dir(args, name):
+    """The runs folder holding a row's JSONs."""
+    return os.path.join(args.out, "runs", _runs_name(args, _row_protocol(args, name)))
+
+
+def _row_overrides(args, name):
+    """A row's overrides: its own, the protocol's (if its model reads them), then the
+    invocation's (``--tiny``, ``--data_path``)."""
+    protocol = PROTOCOLS[_row_protocol(args, name)][0]
+    return {**RUNS[name][1], **protocol, **args.extra}
 
 
 def run_all(args):
     from recbole_llm_mtl.trainer import latest_resume_file
 
-    runs_dir = os.path.join(args.out, "runs", _runs_name(args))
-    os.makedirs(runs_dir, exist_ok=True)
     todo = [(n, s) for n in (args.models or list(RUNS)) for s in RUNS[n][2][: args.max_seeds]]
     for name in dict.fromkeys(n for n, _ in todo):  # a bad config or data folder stops here, not in N workers
-        model, overrides, _ = RUNS[name]
-        _spec_config({"model": model, "dataset": args.dataset, "checkpoint_dir": args.checkpoints,
-                      "overrides": {**overrides, **args.extra}})
+        _spec_config({"model": RUNS[name][0], "dataset": args.dataset, "checkpoint_dir": args.checkpoints,
+                      "overrides": _row_overrides(args, name)})
     for k, (name, seed) in enumerate(todo, 1):
-        model, overrides, _ = RUNS[name]
+        model = RUNS[name][0]
+        runs_dir = _row_dir(args, name)
+        os.makedirs(runs_dir, exist_ok=True)
         result = os.path.join(runs_dir, _slug(name, seed) + ".json")
         # each row checkpoints into its own folder, so a killed row resumes where it stopped
         ckpt_dir = os.path.join(args.checkpoints, os.path.basename(runs_dir), _slug(name, seed))
         spec = {"model": model, "dataset": args.dataset, "checkpoint_dir": ckpt_dir,
-                "overrides": {**overrides, "seed": seed, "show_progress": False, **args.extra}}
+                "overrides": {**_row_overrides(args, name), "seed": seed, "show_progress": False}}
         if os.path.exists(result):
             why = stale_reason(result, spec)
             if why is None:
@@ -185,7 +214,6 @@ def run_all(args):
             with open(result) as f:
                 ndcg = json.load(f)["test_result"]["ndcg@10"]
             print(f"    test NDCG@10 {ndcg:.4f} in {time.time() - t0:.0f}s", flush=True)
-    return runs_dir
 
 
 def stale_reason(result_path, spec):
@@ -366,12 +394,12 @@ def summarize_row(name, results):
     return row
 
 
-def summarize(args, runs_dir):
+def summarize(args):
     from recbole_llm_mtl.provenance import git_state
 
     rows, loaded = [], {}
     for name in args.models or list(RUNS):
-        results = _load_row(runs_dir, name, RUNS[name][2][: args.max_seeds])
+        results = _load_row(_row_dir(args, name), name, RUNS[name][2][: args.max_seeds])
         if results:
             loaded[name] = results
             rows.append(summarize_row(name, results))
@@ -679,9 +707,15 @@ def _markdown(path, rows, args, command, significance, parts, configs, loaded):
     from recbole_llm_mtl.provenance import git_state
 
     best = best_baseline(rows)
-    lines = [f"# {args.dataset}: LLMMTL vs RecBole baselines", "",
+    lines = [f"# {_runs_name(args)}: LLMMTL vs RecBole baselines", "",
              "Leave-one-out by time, full ranking over all items, test split; mean ± std over seeds "
              "where seeds > 1; valid ndcg@10 is the best-valid score that early stopping selected on.", ""]
+    if args.protocol:
+        overrides, _, _ = PROTOCOLS[args.protocol]
+        shared = [r["model"] for r in rows if _row_protocol(args, r["model"]) != args.protocol]
+        lines += [f"Protocol `{args.protocol}`: {_kv(overrides)} for the models that read these keys."
+                  + (f" {', '.join(shared)} read(s) none of them: the same runs as the first protocol's "
+                     f"(`runs/{_runs_name(args, '')}/`)." if shared else ""), ""]
     lines += _main_table(rows, significance, best, published(args))
     lines += _significance_lines(significance, rows, best)
     lines += _parts_lines(parts)
@@ -744,7 +778,13 @@ def main(argv=None):
     unknown = [m for m in (args.models or []) if m not in RUNS]
     if unknown:
         parser.error(f"unknown benchmark rows {unknown}; choose from {list(RUNS)}")
-    args.extra = dict(PROTOCOLS[args.protocol])
+    refused = {m: why for m, why in PROTOCOLS[args.protocol][2].items()
+               if any(RUNS[n][0] == m for n in args.models or list(RUNS))}
+    if refused and args.models:
+        parser.error(f"--protocol {args.protocol}: " + "; ".join(refused.values()))
+    if refused:  # the default rows: leave those out
+        args.models = [n for n in RUNS if RUNS[n][0] not in refused]
+    args.extra = {}
     if args.tiny:
         args.extra.update({"epochs": 1, "train_batch_size": 256})
     if args.data_path:
@@ -753,11 +793,9 @@ def main(argv=None):
         if args.rerun_from_json:
             rerun_from_json(args)
             return 0
-        if args.report_only:
-            runs_dir = os.path.join(args.out, "runs", _runs_name(args))
-        else:
-            runs_dir = run_all(args)
-        summarize(args, runs_dir)
+        if not args.report_only:
+            run_all(args)
+        summarize(args)
     except LLMMTLError as e:  # a bad config or data folder: one line, as run_recbole_llm.py says it
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -47,6 +47,21 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert "## Configurations and provenance" in table and "`epochs: 1`" in table
     second = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert second.stdout.count("done earlier, kept") == 4 and "training ..." not in second.stdout
+    # a second protocol: LLMMTL reads its keys and runs into the protocol's own folder; BPR
+    # reads none of them, so its run of the first protocol serves both reports
+    titles_cmd = cmd[:cmd.index("--models")] + ["--protocol", "titles", "--models", "LLMMTL", "BPR",
+                                                "--max_seeds", "1", "--out", str(out)]
+    titles = subprocess.run(titles_cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert titles.returncode == 0, titles.stderr[-2000:]
+    assert "LLMMTL seed 2020: training" in titles.stdout and "BPR seed 2020: done earlier, kept" in titles.stdout
+    assert not (out / "runs" / "amazon-titles-tiny" / "BPR-seed2020.json").exists()
+    recorded = json.loads((out / "runs" / "amazon-titles-tiny" / "LLMMTL-seed2020.json").read_text())["config_input"]
+    assert recorded["item_text_fields"] == ["title"] and recorded["tag_fields"] == []
+    titles_table = (out / "amazon-titles-tiny.md").read_text()
+    assert "| BPR | 1 |" in titles_table and "BPR read(s) none of them" in titles_table
+    refused = subprocess.run(titles_cmd[:titles_cmd.index("--models") + 1] + ["FDSA"], cwd=workdir, env=env,
+                             capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 2 and "FDSA reads the item tags as features" in refused.stderr
     # a run made with other settings than the row now has is stale: set aside, run again
     bpr = out / "runs" / "amazon-tiny" / "BPR-seed2020.json"
     old = json.loads(bpr.read_text())

@@ -291,6 +291,13 @@ class CheckpointMixin:
 
     def resume_checkpoint(self, resume_file):
         state = self._load_weights(str(resume_file))
+        # a checkpoint from before versions were recorded counts as version 1 (as the harness reads it)
+        now = getattr(self.model, "RESULTS_VERSION", None)
+        was = state.get("results_version", 1 if now is not None else None)
+        if was != now:  # the weights would load, but training on would mix two models
+            raise ConfigError(f"checkpoint '{resume_file}' was trained by {self.config['model']} code of results "
+                              f"version {was}; this code computes version {now} (a fix changed what training "
+                              "computes). Start a new run instead of resuming it")
         self.start_epoch = state["epoch"] + 1
         self.cur_step = state["cur_step"]
         self.best_valid_score = state["best_valid_score"]

@@ -77,3 +77,20 @@ def test_resume_on_other_data_names_the_tensors(tiny_root, cache_dir, tmp_path, 
     assert "item_embedding.weight [" in str(e.value)
     assert "Was it trained on other data or with another config?" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_resume_under_another_results_version_is_refused(last_checkpoint, tiny_root, cache_dir, tmp_path, workdir):
+    """A resume state written by model code that computed something else (an older
+    RESULTS_VERSION) fits the weights, so it would resume silently into a mix of two models."""
+    import torch
+
+    state = torch.load(last_checkpoint, weights_only=True)
+    assert state["results_version"] == 1
+    state["results_version"] = 0
+    old = str(tmp_path / "old-last.pth")
+    torch.save(state, old)
+    with pytest.raises(ConfigError) as e:
+        run("LLMMTL", "amazon", config_dict=tiny_overrides(tiny_root, cache_dir), resume=old)
+    assert (f"checkpoint '{old}' was trained by LLMMTL code of results version 0; this code computes version 1"
+            in str(e.value))
+    assert "\n" not in str(e.value)

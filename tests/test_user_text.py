@@ -169,6 +169,8 @@ def test_fine_tuned_model_keeps_user_text_vectors_as_loaded(review_root, cache_d
     epoch met them first."""
     over = dict(train_batch_size=16, task_weights={"behavior": 1.0})
     _, train, valid, _, tuned = build("LLMMTL", review_root, cache_dir, llm_mode=mode, **over)
+    # lora reads them with the adapters off (no second copy of the weights); full keeps a copy
+    assert (tuned.user_texts.encoder.lm is tuned.llm) == (mode == "lora")
     opt = torch.optim.SGD([p for p in tuned.parameters() if p.requires_grad], lr=1.0)
     tuned.train()
     for batch in list(train)[:2]:

@@ -177,10 +177,11 @@ class TextFeatures:
         self.user_texts = None
         if self.use_user_text:
             titles = self._item_titles(config, train)
-            # lora/full train self.lm; user texts met later (valid, test, serving) must still get
-            # the vectors of the model as loaded, as the training positions' texts did
-            # (a second copy of the weights, frozen, in the dtype the run's text vectors have)
-            user_encoder = self.encoder if not self.trainable else TextEncoder(config, SharedLanguageModel(
+            # user texts met later (valid, test, serving) must get the vectors of the model as
+            # loaded, as the training positions' texts did: under lora the shared model gives
+            # them with its adapters off; full fine-tuning changes the weights, so it keeps a
+            # second, frozen copy (in the dtype the run's text vectors have)
+            user_encoder = self.encoder if config["llm_mode"] != "full" else TextEncoder(config, SharedLanguageModel(
                 config["llm_path"], config["llm_pooling"], config["llm_max_length"], self.lm.dtype_name
             ).to(config["device"] or "cpu"))
             self.user_texts = UserTexts(config, train, titles, user_template, user_encoder)

@@ -6,6 +6,7 @@ The bulk encoding pass sorts texts by token length and fills each batch up to a 
 budget, so almost no compute is spent on padding.
 """
 
+import contextlib
 import glob
 import hashlib
 import itertools
@@ -232,13 +233,33 @@ class SharedLanguageModel(nn.Module):
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
         return pooled.float()
 
+    @contextlib.contextmanager
+    def as_loaded(self):
+        """The model as loaded, whatever LoRA training did to it: eval mode (no dropout) and
+        the adapters off (peft's ``disable_adapter``; LoRA leaves the base weights as they
+        were). Full fine-tuning changes the weights themselves and needs its own copy."""
+        model = self.load()
+        was = model.training
+        model.eval()
+        try:
+            with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
+                yield model
+        finally:
+            model.train(was)
+
     @torch.inference_mode()
     def encode(self, texts, batch_tokens=16384, show_progress=True, desc="Encoding text", max_length=None):
-        """Encode all ``texts`` (returned in input order) with length-sorted batches.
+        """Encode all ``texts`` (returned in input order) with length-sorted batches, with
+        the weights as loaded (:meth:`as_loaded`): these vectors are cached under the loaded
+        model's identity.
 
         ``batch_tokens`` bounds padded tokens per batch; a CUDA out-of-memory halves it
         and retries the batch.
         """
+        with self.as_loaded():
+            return self._encode(texts, batch_tokens, show_progress, desc, max_length)
+
+    def _encode(self, texts, batch_tokens, show_progress, desc, max_length):
         device = next(self.load().parameters()).device
         ids = self.tokenize(texts, max_length)
         lengths = torch.as_tensor(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))

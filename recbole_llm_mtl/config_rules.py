@@ -268,6 +268,8 @@ LLMMTL_RULES = {
                                "non-empty when use_text is True: the item fields read as text "
                                "(set it in the dataset YAML, or use_text: False)"),
     "item_text_template": TEMPLATE,
+    "item_text_views": _cross(one_of("joint", "fields"), lambda v, c: v == "joint" or c.get("llm_mode") == "frozen",
+                              "and joint unless llm_mode is frozen (fine-tuning re-encodes the joint text)"),
     "user_text_fields": FIELD_LIST,
     "user_text_template": TEMPLATE,
     "tag_fields": FIELD_LIST,
@@ -326,7 +328,7 @@ ARCHITECTURE_KEYS = ("MAX_ITEM_LIST_LENGTH", "embedding_size", "hidden_size", "i
 MODEL_ARCHITECTURE_KEYS = {
     "LLMMTL": ("n_experts", "use_text", "item_id_embedding", "scorer", "llm_path", "llm_mode",
                "llm_pooling", "llm_max_length", "lora_r", "lora_target_modules", "item_text_fields",
-               "item_text_template", "user_text_fields", "user_text_template", "text_separator",
+               "item_text_template", "item_text_views", "user_text_fields", "user_text_template", "text_separator",
                "tag_fields", "tag_min_count", "tag_max_share", "task_weighting", "user_text",
                "user_recent_titles", "user_reviews", "user_history_items", "user_text_max_length",
                "profile_horizon", "text_clusters", "behavior_clusters"),

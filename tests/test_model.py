@@ -183,3 +183,34 @@ def test_training_windows_cover_every_target(tiny_root, cache_dir, stride, tied)
     assert len(kept) < len(users) and checked == len(users)
     if stride is None:  # disjoint windows: some targets with long histories see only a short context
         assert short > 0
+
+
+def test_field_views_encode_each_field_alone(built, tiny_root, cache_dir):
+    """``item_text_views: fields``: one block per item text field, each the standardised
+    vector of that field's text alone; an item without a field has zeros in its block; a new
+    item's free text fills the first block only."""
+    from recbole_llm_mtl.text.templates import render_texts, template_from_config
+
+    config, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, item_text_views="fields")
+    joint = built[4]
+    dataset = train.dataset
+    template = template_from_config(config["item_text_fields"], config["item_text_template"])
+    d = joint.item_text.size(1)
+    assert list(template) == ["title", "brand", "categories"] and model.item_text.shape == (joint.n_items, 3 * d)
+    lm = model.text_encoder.lm
+    for k, (field, fmt) in enumerate(template.items()):
+        texts, _ = render_texts(dataset, dataset.item_feat, {field: fmt}, config["text_separator"], "item")
+        block = model.item_text[:, k * d:(k + 1) * d]
+        empty = [i for i, t in enumerate(texts) if i and not t]
+        have = [i for i, t in enumerate(texts) if t]
+        if field == "brand":
+            assert empty, "the slice has no item without a brand: the zero block is not checked"
+        assert torch.all(block[empty] == 0)
+        want = lm.encode([texts[i] for i in have[:4]], show_progress=False)
+        got = block[have[:4]] * model.text_std[k * d:(k + 1) * d] + model.text_mean[k * d:(k + 1) * d]
+        assert torch.allclose(got, want, atol=2e-2), (field, (got - want).abs().max())
+    assert not torch.allclose(model.item_text[:, :d], joint.item_text)  # the title alone is not the joint text
+    new = model.encode_new_items(["Nitrile gloves"])
+    assert new.shape == (1, 3 * d) and torch.all(new[:, d:] == 0) and new[:, :d].abs().sum() > 0
+    losses = _steps(model, train, 3)
+    assert all(torch.isfinite(torch.tensor(step)).all() for step in losses)

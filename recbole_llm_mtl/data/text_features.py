@@ -168,10 +168,13 @@ class TextFeatures:
             texts, n_empty = render_texts(train, train.item_feat, template, config["text_separator"], "item")
             if n_empty:
                 logger.info(f"{n_empty} of {len(texts) - 1} items have no text; they use a zero text vector")
-            vectors = self.encoder.encode(texts, "item")
             self.item_texts = texts
             self.item_text_empty = torch.tensor([not t for t in texts])
-            self.item_text, self.text_mean, self.text_std = standardize(vectors, self.item_text_empty)
+            if config["item_text_views"] == "fields":
+                self.item_text, self.text_mean, self.text_std = self._field_views(config, train, template)
+            else:
+                vectors = self.encoder.encode(texts, "item")
+                self.item_text, self.text_mean, self.text_std = standardize(vectors, self.item_text_empty)
 
         # ---- user text: profile, own reviews and recent history, per position ----
         self.user_texts = None
@@ -201,6 +204,22 @@ class TextFeatures:
         self.content_labels = tags
         self.behavior_labels = behavior_clusters(rows, self.seen, config["behavior_clusters"] or [], seed)
         self.seconds = time.perf_counter() - started
+
+    def _field_views(self, config, train, template):
+        """``item_text_views: fields``: each item text field rendered and encoded alone, each
+        block standardised over the items that have that field, the blocks side by side (an
+        item without a field has zeros in its block). One joint text lets a long field (the
+        category path) crowd out a short one (the brand) in the pooled vector."""
+        blocks = []
+        for field, fmt in template.items():
+            texts, _ = render_texts(train, train.item_feat, {field: fmt}, config["text_separator"], "item")
+            empty = torch.tensor([not t for t in texts])
+            if int((~empty).sum()) < 2:
+                raise DataError(f"item text field '{field}' has text on {int((~empty).sum())} item(s): it cannot "
+                                "be a view of its own (item_text_views: fields); drop it from item_text_fields "
+                                "or use item_text_views: joint")
+            blocks.append(standardize(self.encoder.encode(texts, f"item {field}"), empty))
+        return tuple(torch.cat(parts, -1) for parts in zip(*blocks))
 
     def _wants_user_text(self, config, user_template):
         """``user_text: auto`` reads user text where the dataset has some of its own (profile

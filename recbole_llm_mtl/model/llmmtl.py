@@ -90,7 +90,8 @@ class LLMMTL(SequentialRecommender):
             self.register_buffer("item_text", features.item_text.clone())
             self.register_buffer("text_mean", features.text_mean)
             self.register_buffer("text_std", features.text_std)
-            self.adaptor = MoEAdaptor(features.text_dim, self.hidden_size, self.n_experts, self.adaptor_dropout_prob)
+            self.adaptor = MoEAdaptor(features.item_text.size(1), self.hidden_size, self.n_experts,
+                                      self.adaptor_dropout_prob)
             if self.llm_mode != "frozen":
                 self._init_tuning(config, features)
 
@@ -187,7 +188,9 @@ class LLMMTL(SequentialRecommender):
     @torch.no_grad()
     def encode_new_items(self, texts):
         """Standardised text vectors of item texts the model has never seen, from the
-        model's own language model (the fine-tuned one in lora/full mode)."""
+        model's own language model (the fine-tuned one in lora/full mode). Under
+        ``item_text_views: fields`` a free text is read as the first field (the title); the
+        other fields' blocks stay zero, as for an item without them."""
         if not self.use_text:
             raise ConfigError("this model was trained without text (use_text: False); it cannot read new items")
         device = self.item_text.device
@@ -198,7 +201,10 @@ class LLMMTL(SequentialRecommender):
             self.llm.train(was)
         else:
             vectors = self.text_encoder.lm.encode(list(texts), show_progress=False).to(device)
-        return (vectors - self.text_mean) / self.text_std
+        d = vectors.size(1)
+        out = torch.zeros(len(texts), self.item_text.size(1), device=device)
+        out[:, :d] = (vectors - self.text_mean[:d]) / self.text_std[:d]
+        return out
 
     @torch.no_grad()
     def refresh_text_vectors(self, batch_size=256):

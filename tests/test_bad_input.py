@@ -155,3 +155,16 @@ def test_at_most_one_item_with_text_is_named_not_a_nan_loss(copy_root, cache_dir
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: only 1 item(s) have text") and "use_text: False" in err[-1]
     assert not list(workdir.glob("saved/**/*.pth")), "a checkpoint was written"
+
+
+def test_field_view_with_text_on_one_item_is_named(copy_root, cache_dir):
+    """``item_text_views: fields`` standardises each field over the items that have it: a
+    field present on one item only is named, with the two ways out."""
+    def one_brand(lines):
+        rows = [line.split(b"\t") for line in lines[1:] if line]
+        rows = [r[:3] + [r[3] if k == 0 else b""] for k, r in enumerate(rows)]
+        return lines[:1] + [b"\t".join(r) for r in rows]
+    _edit(copy_root / "amazon" / "amazon.item", one_brand)
+    with pytest.raises(DataError, match=r"item text field 'brand' has text on 1 item\(s\): it cannot be a view "
+                                        r"of its own .* or use item_text_views: joint"):
+        build("LLMMTL", str(copy_root), cache_dir, item_text_views="fields")

@@ -250,24 +250,22 @@ _fingerprints = {}  # (path, size, mtime) -> fingerprint: a report reads each fi
 def data_change(was, spec):
     """Which atomic files the run read (``was``: name -> fingerprint) now hold other data
     in the folder ``spec`` reads, or None (runs made before fingerprints were recorded pass)."""
-    from recbole_llm_mtl.data.validate import read_atomic_file
+    from recbole_llm_mtl.data.validate import fingerprint_changes, read_atomic_file
 
     if not was:
         return None
     config = _spec_config(spec)
-    changed = []
-    for name, fingerprint in sorted(was.items()):
+    now = {}
+    for name in was:
         path = os.path.join(config["data_path"], name)
-        if not os.path.isfile(path):
-            changed.append(f"{name} missing")
-            continue
-        key = (path, os.path.getsize(path), os.path.getmtime(path))
-        if key not in _fingerprints:
-            _fingerprints[key] = read_atomic_file(path, config["encoding"] or "utf-8",
-                                                  config["field_separator"] or "\t").fingerprint()
-        if _fingerprints[key] != fingerprint:
-            changed.append(name)
-    return f"data changed in {config['data_path']}: " + ", ".join(changed) if changed else None
+        if os.path.isfile(path):
+            key = (path, os.path.getsize(path), os.path.getmtime(path))
+            if key not in _fingerprints:
+                _fingerprints[key] = read_atomic_file(path, config["encoding"] or "utf-8",
+                                                      config["field_separator"] or "\t").fingerprint()
+            now[name] = _fingerprints[key]
+    changed = fingerprint_changes(was, now)
+    return f"data changed in {config['data_path']}: " + "; ".join(changed) if changed else None
 
 
 _spec_configs = {}  # one invocation resolves (and checks the data files of) each spec once

@@ -24,6 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from recbole_llm_mtl.data.validate import fingerprint_changes
 from recbole_llm_mtl.errors import ConfigError, LLMMTLError, report
 
 SIGNALS = ("behaviour", "profile", "reasoning")
@@ -52,22 +53,6 @@ def take_rows(saved, index, fill):
     known = index >= 0
     out[known] = saved[index[known]].to(out.dtype)
     return out
-
-
-def data_changes(saved, current):
-    """What differs between the fingerprints of the files read at training and now."""
-    changes = []
-    for name in sorted(set(saved) | set(current)):
-        was, now = saved.get(name), current.get(name)
-        if was == now:
-            continue
-        if was is None or now is None:
-            changes.append(f"{name} was {'not ' if was is None else ''}read at training")
-        elif was["rows"] != now["rows"]:
-            changes.append(f"{name} has {now['rows']} rows (was {was['rows']})")
-        else:
-            changes.append(f"{name} has other content (same number of rows)")
-    return changes
 
 
 class Recommender:
@@ -153,7 +138,7 @@ class Recommender:
         if new_users:
             self.notes.append(f"{_plural(new_users, 'user')} of the data {'is' if new_users == 1 else 'are'} "
                               "new since training (served from their history)")
-        changes = data_changes(ids.get("fingerprint", {}), getattr(self.data, "data_fingerprint", {}))
+        changes = fingerprint_changes(ids.get("fingerprint", {}), getattr(self.data, "data_fingerprint", {}))
         if changes:
             self.notes.append("data changed since training: " + "; ".join(changes))
 

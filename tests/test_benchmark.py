@@ -82,6 +82,7 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     fourth = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert fourth.returncode == 0, fourth.stderr[-2000:]
     assert "BPR seed 2020: the earlier run is stale (data changed in " in fourth.stdout
+    assert "amazon.inter has other content (same number of rows))" in fourth.stdout
     assert fourth.stdout.count("done earlier, kept") == 3
     # a run made by model code that computes something else now (RESULTS_VERSION) is stale;
     # a run from before versions were recorded counts as version 1; RecBole's models have none

@@ -36,6 +36,23 @@ class AtomicFile(namedtuple("AtomicFile", "path names types rows lines")):
         return {"sha256": h.hexdigest(), "rows": len(self.rows)}
 
 
+def fingerprint_changes(saved, current):
+    """What differs between two {file name: fingerprint} maps: the files a run or checkpoint
+    read (``saved``) and the same folder's files now (``current``), one phrase per file."""
+    changes = []
+    for name in sorted(set(saved) | set(current)):
+        was, now = saved.get(name), current.get(name)
+        if was == now:
+            continue
+        if was is None or now is None:
+            changes.append(f"{name} was {'not ' if was is None else ''}read at training")
+        elif was["rows"] != now["rows"]:
+            changes.append(f"{name} has {now['rows']} rows (was {was['rows']})")
+        else:
+            changes.append(f"{name} has other content (same number of rows)")
+    return changes
+
+
 def _decode(path, raw, encoding):
     try:
         text = raw.decode(encoding)

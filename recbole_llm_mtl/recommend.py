@@ -152,15 +152,17 @@ class Recommender:
 
     # ------------------------------------------------------------------ new items
     def _item_texts(self):
-        from recbole_llm_mtl.text.templates import render_texts, template_from_config
+        """(joint texts, {view: texts}) of every item in the current item file."""
+        from recbole_llm_mtl.data.text_features import item_text_views
 
-        template = template_from_config(self.config["item_text_fields"], self.config["item_text_template"])
-        return render_texts(self.data, self.data.item_feat, template, self.config["text_separator"], "item")[0]
+        texts, _, views = item_text_views(self.config, self.data)
+        return texts, views
 
     def encode_texts(self, texts):
-        """Text vectors of new items, standardised as the model's own item text vectors, from
-        the checkpoint's own language model (its fine-tuned one in lora/full mode)."""
-        return self.model.encode_new_items(list(texts))
+        """Text vectors of new items' free texts (read as the first view of the item text),
+        standardised as the model's own item text vectors, from the checkpoint's own language
+        model (its fine-tuned one in lora/full mode)."""
+        return self.model.encode_new_items([list(texts)])
 
     def _score_new_items(self):
         """Items new in ``.item`` get their text vector (and no ID embedding); without text
@@ -168,11 +170,13 @@ class Recommender:
         new = self._new_items
         if not len(new):
             return
-        texts = self._item_texts() if self.model.use_text else [""] * self.data.item_num
+        texts, views = self._item_texts() if self.model.use_text else ([""] * self.data.item_num, {})
         has_text = torch.tensor([bool(texts[i]) for i in new.tolist()], dtype=torch.bool)
         scored = new[has_text]
         if len(scored):
-            self.model.item_text[scored] = self.encode_texts([texts[i] for i in scored.tolist()])
+            ids = scored.tolist()
+            self.model.item_text[scored] = self.model.encode_new_items([[view[i] for i in ids]
+                                                                        for view in views.values()])
             self.notes.append(f"{_plural(len(scored), 'item')} new since training {'is' if len(scored) == 1 else 'are'} "
                               "scored from text alone")
         left_out = new[~has_text]

@@ -210,7 +210,14 @@ def test_field_views_encode_each_field_alone(built, tiny_root, cache_dir):
         got = block[have[:4]] * model.text_std[k * d:(k + 1) * d] + model.text_mean[k * d:(k + 1) * d]
         assert torch.allclose(got, want, atol=2e-2), (field, (got - want).abs().max())
     assert not torch.allclose(model.item_text[:, :d], joint.item_text)  # the title alone is not the joint text
-    new = model.encode_new_items(["Nitrile gloves"])
+    new = model.encode_new_items([["Nitrile gloves"]])  # a free text: the first view alone
     assert new.shape == (1, 3 * d) and torch.all(new[:, d:] == 0) and new[:, :d].abs().sum() > 0
+    # an item's own views, as recommend reads a new item of the item file, give its row back
+    from recbole_llm_mtl.data.text_features import item_text_views
+
+    _, _, views = item_text_views(config, dataset)
+    ids = [1, 2, 3]
+    again = model.encode_new_items([[view[i] for i in ids] for view in views.values()])
+    assert torch.allclose(again, model.item_text[ids], atol=2e-2)
     losses = _steps(model, train, 3)
     assert all(torch.isfinite(torch.tensor(step)).all() for step in losses)

@@ -214,7 +214,7 @@ def test_new_item_text_is_encoded_by_the_fine_tuned_model(tiny_root, cache_dir, 
     trainer._save_checkpoint(0, verbose=False)
     rec = Recommender(trainer.saved_model_file)
     m, item = rec.model, 7
-    text = rec._item_texts()[item]
+    text = rec._item_texts()[0][item]
     got = rec.users_for_new_item(text, topk=len(rec.seq))
     _, _, q = rec._queries(torch.arange(len(rec.seq)))
     with torch.no_grad():

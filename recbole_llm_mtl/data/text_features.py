@@ -56,6 +56,19 @@ class TextEncoder:
         return vectors
 
 
+def item_text_views(config, dataset):
+    """The item texts LLMMTL reads, rendered from ``dataset``'s item file: (joint texts, their
+    number of empty ones, {view name: texts}). The one view is the joint text of all
+    ``item_text_fields``; under ``item_text_views: fields`` each field alone is a view, in
+    field order."""
+    template = template_from_config(config["item_text_fields"], config["item_text_template"])
+    joint, n_empty = render_texts(dataset, dataset.item_feat, template, config["text_separator"], "item")
+    if config["item_text_views"] != "fields":
+        return joint, n_empty, {"item": joint}
+    return joint, n_empty, {field: render_texts(dataset, dataset.item_feat, {field: fmt}, config["text_separator"],
+                                                "item")[0] for field, fmt in template.items()}
+
+
 def standardize(vectors, empty):
     """Per-dimension standardisation over the items that have text (anisotropic sentence
     vectors otherwise crowd into a narrow cone); items without text get a zero vector."""
@@ -164,17 +177,16 @@ class TextFeatures:
             if not config["item_text_fields"]:
                 raise ConfigError("item_text_fields is not set: list the item fields to read as text "
                                   "in the dataset YAML (or set use_text: False)")
-            template = template_from_config(config["item_text_fields"], config["item_text_template"])
-            texts, n_empty = render_texts(train, train.item_feat, template, config["text_separator"], "item")
+            texts, n_empty, views = item_text_views(config, train)
             if n_empty:
                 logger.info(f"{n_empty} of {len(texts) - 1} items have no text; they use a zero text vector")
             self.item_texts = texts
             self.item_text_empty = torch.tensor([not t for t in texts])
-            if config["item_text_views"] == "fields":
-                self.item_text, self.text_mean, self.text_std = self._field_views(config, train, template)
-            else:
-                vectors = self.encoder.encode(texts, "item")
-                self.item_text, self.text_mean, self.text_std = standardize(vectors, self.item_text_empty)
+            # one block per view, each standardised over the items that have its text
+            blocks = [standardize(self.encoder.encode(view, f"item {name}" if len(views) > 1 else "item"),
+                                  self._view_empty(name, view, len(views)))
+                      for name, view in views.items()]
+            self.item_text, self.text_mean, self.text_std = (torch.cat(parts, -1) for parts in zip(*blocks))
 
         # ---- user text: profile, own reviews and recent history, per position ----
         self.user_texts = None
@@ -205,21 +217,17 @@ class TextFeatures:
         self.behavior_labels = behavior_clusters(rows, self.seen, config["behavior_clusters"] or [], seed)
         self.seconds = time.perf_counter() - started
 
-    def _field_views(self, config, train, template):
-        """``item_text_views: fields``: each item text field rendered and encoded alone, each
-        block standardised over the items that have that field, the blocks side by side (an
-        item without a field has zeros in its block). One joint text lets a long field (the
-        category path) crowd out a short one (the brand) in the pooled vector."""
-        blocks = []
-        for field, fmt in template.items():
-            texts, _ = render_texts(train, train.item_feat, {field: fmt}, config["text_separator"], "item")
-            empty = torch.tensor([not t for t in texts])
-            if int((~empty).sum()) < 2:
-                raise DataError(f"item text field '{field}' has text on {int((~empty).sum())} item(s): it cannot "
-                                "be a view of its own (item_text_views: fields); drop it from item_text_fields "
-                                "or use item_text_views: joint")
-            blocks.append(standardize(self.encoder.encode(texts, f"item {field}"), empty))
-        return tuple(torch.cat(parts, -1) for parts in zip(*blocks))
+    @staticmethod
+    def _view_empty(name, texts, n_views):
+        """Which items lack this view's text. A field view needs text on two items at least
+        (one joint text lets a long field, the category path, crowd out a short one, the
+        brand, in the pooled vector; a field on one item has no spread to standardise)."""
+        empty = torch.tensor([not t for t in texts])
+        if n_views > 1 and int((~empty).sum()) < 2:
+            raise DataError(f"item text field '{name}' has text on {int((~empty).sum())} item(s): it cannot "
+                            "be a view of its own (item_text_views: fields); drop it from item_text_fields "
+                            "or use item_text_views: joint")
+        return empty
 
     def _wants_user_text(self, config, user_template):
         """``user_text: auto`` reads user text where the dataset has some of its own (profile

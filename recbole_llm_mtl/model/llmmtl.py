@@ -186,24 +186,29 @@ class LLMMTL(SequentialRecommender):
         return out.masked_fill(self.item_text_empty[ids].unsqueeze(-1), 0.0)
 
     @torch.no_grad()
-    def encode_new_items(self, texts):
-        """Standardised text vectors of item texts the model has never seen, from the
-        model's own language model (the fine-tuned one in lora/full mode). Under
-        ``item_text_views: fields`` a free text is read as the first field (the title); the
-        other fields' blocks stay zero, as for an item without them."""
+    def encode_new_items(self, views):
+        """Standardised text vectors of items the model has never seen, from the model's own
+        language model (the fine-tuned one in lora/full mode). ``views``: one list of texts
+        per view of the item text, in order (``data.text_features.item_text_views``); views
+        left out (a free text is the first view alone) and empty texts stay zero, as for an
+        item without that field."""
         if not self.use_text:
             raise ConfigError("this model was trained without text (use_text: False); it cannot read new items")
         device = self.item_text.device
-        if self.llm is not None:
-            was = self.llm.training
-            self.llm.eval()
-            vectors = self.llm(*self.llm.pad(self.llm.tokenize(texts), device))
-            self.llm.train(was)
-        else:
-            vectors = self.text_encoder.lm.encode(list(texts), show_progress=False).to(device)
-        d = vectors.size(1)
-        out = torch.zeros(len(texts), self.item_text.size(1), device=device)
-        out[:, :d] = (vectors - self.text_mean[:d]) / self.text_std[:d]
+        out = torch.zeros(len(views[0]), self.item_text.size(1), device=device)
+        start = 0
+        for texts in views:
+            if self.llm is not None:
+                was = self.llm.training
+                self.llm.eval()
+                vectors = self.llm(*self.llm.pad(self.llm.tokenize(texts), device))
+                self.llm.train(was)
+            else:
+                vectors = self.text_encoder.lm.encode(list(texts), show_progress=False).to(device)
+            block = slice(start, start + vectors.size(1))
+            empty = torch.tensor([not t for t in texts], device=device).unsqueeze(1)
+            out[:, block] = ((vectors - self.text_mean[block]) / self.text_std[block]).masked_fill(empty, 0.0)
+            start = block.stop
         return out
 
     @torch.no_grad()

@@ -38,9 +38,10 @@ from recbole_llm_mtl.errors import LLMMTLError
 METRICS = ["recall@10", "ndcg@10", "mrr@10", "hit@10", "recall@50", "ndcg@50", "mrr@50", "hit@50"]
 SEEDS = [2020, 2021, 2022]
 
-# name -> (model, overrides, seeds). Every model reads its properties/model/<model>.yaml, so
-# a baseline's tuned or corrected parameters go there (as LightGCN's learning rate does) and
-# reach its row without an override here; amazon.md lists, per row, what the model YAML sets
+# name -> (model, overrides, seeds). Every model reads its properties/model/<model>.yaml and
+# <model>-<dataset>.yaml, so a baseline's corrected parameters go to the first and the ones
+# tuned on a dataset's valid split to the second (SASRec-amazon.yaml, LightGCN-amazon.yaml),
+# and reach its row without an override here; amazon.md lists, per row, what the model YAMLs set
 # and how the resolved config differs from the model's defaults. Shared protocol:
 # properties/overall.yaml (MAX_ITEM_LIST_LENGTH 20, early stopping patience 10).
 RUNS = {
@@ -96,17 +97,20 @@ def _users_path(result_path):
     return result_path[: -len(".json")] + ".users.json.gz"
 
 
-def _model_yaml(model):
-    """What ``properties/model/<model>.yaml`` sets (tuned or corrected values) at run time."""
+def _model_yaml(model, dataset):
+    """What ``properties/model/<model>.yaml`` and ``<model>-<dataset>.yaml`` set (tuned or
+    corrected values) at run time."""
     import yaml
 
     from recbole_llm_mtl.config import PROPERTIES_DIR
 
-    path = os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+    values = {}
+    for name in (model, f"{model}-{dataset}"):
+        path = os.path.join(PROPERTIES_DIR, "model", f"{name}.yaml")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                values.update(yaml.safe_load(f) or {})
+    return values
 
 
 def worker(spec_path):
@@ -121,7 +125,7 @@ def worker(spec_path):
                  config_dict={**spec["overrides"], "checkpoint_dir": spec["checkpoint_dir"]})
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds_per_epoch"] = result["fit_seconds"] / max(result["epochs"], 1)
-    result["provenance"] = {**provenance(), "model_yaml": _model_yaml(spec["model"])}
+    result["provenance"] = {**provenance(), "model_yaml": _model_yaml(spec["model"], spec["dataset"])}
     result["commit"] = result["provenance"]["commit"]
     _write_json(_users_path(spec["result"]), result.pop("per_user_ndcg@10"), gzip.open)
     _write_json(spec["result"], result)

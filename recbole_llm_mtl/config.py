@@ -1,7 +1,8 @@
 """Building RecBole ``Config`` objects for LLMMTL and any RecBole model.
 
 Precedence, lowest first: RecBole's defaults < ``properties/overall.yaml`` < the dataset
-YAML < the model YAML < ``--config_files`` < command-line ``--key=value``.
+YAML < the model YAML < the model's YAML for this dataset (``properties/model/<model>-<dataset>.yaml``:
+values tuned on that dataset's valid split) < ``--config_files`` < command-line ``--key=value``.
 """
 
 import difflib
@@ -154,7 +155,8 @@ def yaml_files(model_name, dataset):
     """Our YAML files for a run, lowest precedence first."""
     files = [os.path.join(PROPERTIES_DIR, "overall.yaml"),
              os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
-             os.path.join(PROPERTIES_DIR, "model", f"{model_name}.yaml")]
+             os.path.join(PROPERTIES_DIR, "model", f"{model_name}.yaml"),
+             os.path.join(PROPERTIES_DIR, "model", f"{model_name}-{dataset}.yaml")]
     return [f for f in files if os.path.isfile(f)]
 
 

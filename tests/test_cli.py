@@ -41,6 +41,9 @@ def test_config_precedence(tiny_root, cache_dir, tmp_path):
     assert cfg["valid_metric"] == "NDCG@10"                  # overall.yaml over RecBole's MRR@10
     assert cfg["item_text_fields"] == ["title", "brand", "categories"]  # dataset YAML
     assert cfg["eval_args"]["split"] == {"LS": "valid_and_test"} and cfg["eval_args"]["order"] == "TO"
+    # a baseline's values tuned on one dataset's valid split apply to that dataset alone
+    assert build_config("SASRec", "amazon", config_dict=base)["hidden_size"] == 128    # SASRec-amazon.yaml
+    assert build_config("SASRec", "ml-100k")["hidden_size"] == 64                      # SASRec.yaml
     user = tmp_path / "mine.yaml"
     user.write_text(yaml.safe_dump({"train_batch_size": 128, "hidden_size": 32}))
     cfg = build_config("LLMMTL", "amazon", [str(user)], config_dict=base)

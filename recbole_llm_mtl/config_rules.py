@@ -268,8 +268,7 @@ LLMMTL_RULES = {
                                "non-empty when use_text is True: the item fields read as text "
                                "(set it in the dataset YAML, or use_text: False)"),
     "item_text_template": TEMPLATE,
-    "item_text_views": _cross(optional(one_of("joint", "fields")), lambda v, c: v != "fields" or c.get("llm_mode") == "frozen",
-                              "and not fields unless llm_mode is frozen (fine-tuning re-encodes the joint text)"),
+    "item_text_views": optional(one_of("joint", "fields")),
     "user_text_fields": FIELD_LIST,
     "user_text_template": TEMPLATE,
     "tag_fields": FIELD_LIST,

@@ -90,8 +90,6 @@ BAD = [
     ("LLMMTL", {"behavior_clusters": 16}, "behavior_clusters 16 is not allowed"),
     ("LLMMTL", {"user_reviews": "yes"}, "user_reviews 'yes' is not allowed: expected True or False"),
     ("LLMMTL", {"item_text_views": "field"}, "item_text_views 'field' is not allowed: expected ~ or one of joint, fields"),
-    ("LLMMTL", {"item_text_views": "fields", "llm_mode": "lora"},
-     "item_text_views 'fields' is not allowed: expected ~ or one of joint, fields, and not fields unless llm_mode is frozen"),
     ("LLMMTL", {"llm_mode": "qlora"}, "llm_mode 'qlora' is not allowed: expected one of frozen, lora, full"),
     ("LLMMTL", {"llm_pooling": "meen"}, "llm_pooling 'meen' is not allowed: expected one of auto, mean, cls, last"),
     ("LLMMTL", {"llm_dtype": "fp16"}, "llm_dtype 'fp16' is not allowed: expected one of auto, float32"),

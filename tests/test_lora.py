@@ -64,3 +64,22 @@ def test_fine_tuning_starts_from_the_pretrained_weights(tiny_root, cache_dir, mo
     assert set(fresh) <= set(state)
     for name, tensor in fresh.items():
         assert torch.equal(state[name], tensor), f"{name} differs from the pretrained weights"
+
+
+@pytest.mark.parametrize("views", ["joint", "fields"])
+def test_fine_tuned_item_text_starts_as_the_loaded_vectors(tiny_root, cache_dir, views):
+    """What a fine-tuned model re-reads each step (every view of the item text, standardised
+    and masked as the frozen vectors are) equals those vectors while the adapters are new."""
+    _, _, _, _, model = build("LLMMTL", tiny_root, cache_dir, llm_mode="lora", item_text_views=views,
+                              user_text=False, task_weights={"behavior": 1.0})
+    assert len(model.item_tokens) == (3 if views == "fields" else 1)
+    ids = torch.arange(1, 7)
+    if views == "fields":  # an item without a brand: its brand block stays zero
+        no_brand = model.item_tokens[1].empty.nonzero().flatten()
+        assert len(no_brand), "the slice has no item without a brand"
+        ids = torch.cat([ids, no_brand[:1]])
+    model.eval()
+    with torch.no_grad():
+        got = model._tuned_text(ids)
+    assert got.shape == model.item_text[ids].shape
+    assert torch.allclose(got, model.item_text[ids], atol=1e-3), (got - model.item_text[ids]).abs().max()

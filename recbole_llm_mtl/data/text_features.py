@@ -171,7 +171,7 @@ class TextFeatures:
         self.encoder = TextEncoder(config, self.lm) if self.lm is not None else None
 
         # ---- item text ----
-        self.item_texts = None
+        self.item_views = None  # {view: one text per item}, re-read by a fine-tuned model
         self.item_text = self.item_text_empty = self.text_mean = self.text_std = None
         if self.use_text:
             if not config["item_text_fields"]:
@@ -180,7 +180,7 @@ class TextFeatures:
             texts, n_empty, views = item_text_views(config, train)
             if n_empty:
                 logger.info(f"{n_empty} of {len(texts) - 1} items have no text; they use a zero text vector")
-            self.item_texts = texts
+            self.item_views = views
             self.item_text_empty = torch.tensor([not t for t in texts])
             # one block per view, each standardised over the items that have its text
             blocks = [standardize(self.encoder.encode(view, f"item {name}" if len(views) > 1 else "item"),

@@ -144,3 +144,15 @@ class TaskWeighting(nn.Module):
                 loss = torch.exp(-self.log_vars[k]) * loss + self.log_vars[k]
             out.append(self.weights[k] * loss)
         return out
+
+
+class TokenizedTexts(nn.Module):
+    """One padded text per item (token ids, attention mask, which items have none): what a
+    fine-tuned language model re-reads each step. Buffers move with the model and are not
+    saved (the data rebuilds them)."""
+
+    def __init__(self, input_ids, attention_mask, empty):
+        super().__init__()
+        self.register_buffer("input_ids", input_ids, persistent=False)
+        self.register_buffer("attention_mask", attention_mask, persistent=False)
+        self.register_buffer("empty", empty, persistent=False)

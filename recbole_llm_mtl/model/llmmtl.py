@@ -41,6 +41,7 @@ from recbole_llm_mtl.model.layers import (
     MoEAdaptor,
     SimilarityScorer,
     TaskWeighting,
+    TokenizedTexts,
     UserProfileExtractor,
     causal_mean,
 )
@@ -158,10 +159,10 @@ class LLMMTL(SequentialRecommender):
             lm.model = get_peft_model(lm.model, peft_config)
         lm.model.train()
         self.llm = lm
-        input_ids, mask = lm.pad(lm.tokenize(features.item_texts))
-        self.register_buffer("item_input_ids", input_ids, persistent=False)
-        self.register_buffer("item_attention_mask", mask, persistent=False)
-        self.register_buffer("item_text_empty", features.item_text_empty, persistent=False)
+        # one per view of the item text (the joint text, or each field): a batch re-reads its items'
+        self.item_tokens = nn.ModuleList(
+            TokenizedTexts(*lm.pad(lm.tokenize(texts)), torch.tensor([not t for t in texts]))
+            for texts in features.item_views.values())
 
     def _init_weights(self, module):
         if isinstance(module, nn.Embedding) and module.weight.requires_grad:
@@ -181,9 +182,14 @@ class LLMMTL(SequentialRecommender):
 
     # ------------------------------------------------------------------ representations
     def _tuned_text(self, ids):
-        out = self.llm(self.item_input_ids[ids], self.item_attention_mask[ids])
-        out = (out - self.text_mean) / self.text_std
-        return out.masked_fill(self.item_text_empty[ids].unsqueeze(-1), 0.0)
+        blocks, start = [], 0
+        for view in self.item_tokens:
+            out = self.llm(view.input_ids[ids], view.attention_mask[ids])
+            block = slice(start, start + out.size(1))
+            out = (out - self.text_mean[block]) / self.text_std[block]
+            blocks.append(out.masked_fill(view.empty[ids].unsqueeze(-1), 0.0))
+            start = block.stop
+        return torch.cat(blocks, -1)
 
     @torch.no_grad()
     def encode_new_items(self, views):

@@ -185,14 +185,14 @@ def test_training_windows_cover_every_target(tiny_root, cache_dir, stride, tied)
         assert short > 0
 
 
-def test_field_views_encode_each_field_alone(built, tiny_root, cache_dir):
+def test_field_views_encode_each_field_alone(tiny_root, cache_dir):
     """``item_text_views: fields``: one block per item text field, each the standardised
     vector of that field's text alone; an item without a field has zeros in its block; a new
     item's free text fills the first block only."""
     from recbole_llm_mtl.text.templates import render_texts, template_from_config
 
     config, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, item_text_views="fields")
-    joint = built[4]
+    joint = build("LLMMTL", tiny_root, cache_dir, item_text_views="joint")[4]
     dataset = train.dataset
     template = template_from_config(config["item_text_fields"], config["item_text_template"])
     d = joint.item_text.size(1)

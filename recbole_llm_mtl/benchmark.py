@@ -73,7 +73,9 @@ RUNS = {
 # auxiliary tasks must use labels the language model derives (issue 14).
 PROTOCOLS = {
     "": ({}, (), {}),
-    "titles": ({"item_text_fields": ["title"], "tag_fields": []}, ("LLMMTL",),
+    # one text field: its only view is the joint text (pinned, so that runs made before
+    # amazon.yaml chose per-field views stay current)
+    "titles": ({"item_text_fields": ["title"], "tag_fields": [], "item_text_views": None}, ("LLMMTL",),
                {"FDSA": "FDSA reads the item tags as features (selected_features), which this protocol removes"}),
 }
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "BPR", "LightGCN")

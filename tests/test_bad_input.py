@@ -136,9 +136,10 @@ def test_out_of_memory_while_encoding_retries_smaller(monkeypatch, caplog):
 
 def test_cache_of_another_model_setting_is_not_used(tiny_root, tmp_path):
     cache = str(tmp_path / "cache")
-    _, _, _, _, a = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False)
+    one_text = {"item_text_views": "joint"}  # one cache file per setting
+    _, _, _, _, a = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False, **one_text)
     _, _, _, _, b = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False,
-                          llm_max_length=8)
+                          llm_max_length=8, **one_text)
     assert len(os.listdir(cache)) == 2 and not torch.allclose(a.item_text, b.item_text)
 
 

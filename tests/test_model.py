@@ -94,16 +94,20 @@ def test_inductive_mode_ranks_with_text_only(tiny_root, cache_dir):
     assert scores.shape[1] == model.n_items and torch.isfinite(scores).all()
 
 
+# one text per item (amazon reads its fields as separate texts): one cache file per setting
+ONE_TEXT = {"item_text_views": "joint"}
+
+
 def test_cache_hit_and_invalidation(tiny_root, tmp_path, caplog):
     cache = str(tmp_path / "cache")
-    build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False)
+    build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False, **ONE_TEXT)
     files = os.listdir(cache)
     assert len(files) == 1
     caplog.set_level("INFO")
-    _, _, _, _, m2 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False)
+    _, _, _, _, m2 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False, **ONE_TEXT)
     assert "loaded from cache" in caplog.text and os.listdir(cache) == files
     caplog.clear()
-    _, _, _, _, m3 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False,
+    _, _, _, _, m3 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False, **ONE_TEXT,
                            item_text_template={"title": "Product: {}", "brand": "Brand: {}",
                                                "categories": "Category: {}"})
     assert "loaded from cache" not in caplog.text and len(os.listdir(cache)) == 2
@@ -112,12 +116,12 @@ def test_cache_hit_and_invalidation(tiny_root, tmp_path, caplog):
 
 def test_truncated_cache_is_detected_and_rebuilt(tiny_root, tmp_path, caplog):
     cache = str(tmp_path / "cache")
-    _, _, _, _, m1 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False)
+    _, _, _, _, m1 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False, **ONE_TEXT)
     (path,) = [os.path.join(cache, f) for f in os.listdir(cache)]
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
     caplog.set_level("WARNING")
-    _, _, _, _, m2 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False)
+    _, _, _, _, m2 = build("LLMMTL", tiny_root, cache, task_weights={"behavior": 1.0}, user_text=False, **ONE_TEXT)
     assert "re-encoding" in caplog.text
     assert torch.allclose(m1.item_text, m2.item_text, atol=1e-5)
     assert VectorCache(cache).load(os.path.basename(path)[: -len(".safetensors")]) is not None

@@ -197,8 +197,9 @@ def test_new_item_text_is_encoded_by_the_fine_tuned_model(tiny_root, cache_dir, 
     """--item-text with a lora checkpoint encoded the text with the base model, not the
     checkpoint's fine-tuned one: an existing item's own text, given as a new item, now
     scores users as the model scores that item from its text."""
+    # one text per item: under per-field views a free text is the first view alone
     over = dict(llm_mode="lora", train_batch_size=16, task_weights={"behavior": 1.0},
-                checkpoint_dir=str(tmp_path))
+                checkpoint_dir=str(tmp_path), item_text_views="joint")
     config, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, **over)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()

@@ -69,13 +69,18 @@ def item_text_views(config, dataset):
                                                 "item")[0] for field, fmt in template.items()}
 
 
-def standardize(vectors, empty):
-    """Per-dimension standardisation over the items that have text (anisotropic sentence
-    vectors otherwise crowd into a narrow cone); items without text get a zero vector."""
+def require_text(empty):
+    """Standardising needs text on two items at least (one has no spread)."""
     n_text = int((~empty).sum())
     if n_text < 2:
         raise DataError(f"only {n_text} item(s) have text in item_text_fields: text vectors cannot be "
                         "standardised; add item text, fix item_text_fields, or set use_text: False")
+
+
+def standardize(vectors, empty):
+    """Per-dimension standardisation over the items that have text (anisotropic sentence
+    vectors otherwise crowd into a narrow cone); items without text get a zero vector."""
+    require_text(empty)
     mean, std = vectors[~empty].mean(0), vectors[~empty].std(0).clamp(min=1e-6)
     return ((vectors - mean) / std).masked_fill(empty.unsqueeze(1), 0.0), mean, std
 
@@ -182,6 +187,7 @@ class TextFeatures:
                 logger.info(f"{n_empty} of {len(texts) - 1} items have no text; they use a zero text vector")
             self.item_views = views
             self.item_text_empty = torch.tensor([not t for t in texts])
+            require_text(self.item_text_empty)  # before any field view is found wanting
             # one block per view, each standardised over the items that have its text
             blocks = [standardize(self.encoder.encode(view, f"item {name}" if len(views) > 1 else "item"),
                                   self._view_empty(name, view, len(views)))

@@ -301,13 +301,17 @@ def _resume_state(path):
 
 def config_change(was, spec):
     """How the config input ``was`` differs from the one ``spec`` resolves now (keys of
-    ``NOT_CONFIG`` and new keys whose value is ``~`` aside), or None."""
+    ``NOT_CONFIG``, keys the spec's model never reads and new keys whose value is ``~``
+    aside), or None."""
+    from recbole_llm_mtl.config_rules import MODEL_RULES, plugin_only_keys
     from recbole_llm_mtl.trainer import plain_config
 
     config = _spec_config(spec)
     now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
     was = json.loads(json.dumps(was, default=str))
-    changed = sorted(k for k in set(now) | set(was) if k not in NOT_CONFIG and now.get(k) != was.get(k)
+    # a key only our models read (a dataset YAML's item_text_views) does not change a RecBole model's run
+    ignored = NOT_CONFIG if spec["model"] in MODEL_RULES else NOT_CONFIG | plugin_only_keys()
+    changed = sorted(k for k in set(now) | set(was) if k not in ignored and now.get(k) != was.get(k)
                      and not (k not in was and now[k] is None))
     if changed:
         return "config changed: " + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in changed[:6]) + (

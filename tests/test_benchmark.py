@@ -66,11 +66,21 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     bpr = out / "runs" / "amazon-tiny" / "BPR-seed2020.json"
     old = json.loads(bpr.read_text())
     old["config_input"]["learning_rate"] = 0.123
+    # ... but not for a key that only our model reads (a dataset YAML's item text views): BPR
+    # never reads it, LLMMTL does
+    assert old["config_input"]["item_text_views"] == "fields"
+    old["config_input"]["item_text_views"] = "joint"
     bpr.write_text(json.dumps(old))
+    plus_lu = out / "runs" / "amazon-tiny" / "LLMMTL___L_u-seed2020.json"
+    lu = json.loads(plus_lu.read_text())
+    lu["config_input"]["item_text_views"] = "joint"
+    plus_lu.write_text(json.dumps(lu))
     third = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert third.returncode == 0, third.stderr[-2000:]
     assert "LLMMTL seed 2020: done earlier, kept" in third.stdout
     assert "BPR seed 2020: the earlier run is stale (config changed: learning_rate 0.123 -> 0.001)" in third.stdout
+    assert ("LLMMTL + L_u seed 2020: the earlier run is stale (config changed: item_text_views 'joint' -> 'fields')"
+            in third.stdout)
     kept = list((out / "runs" / "amazon-tiny" / "stale").glob("BPR-seed2020.json.*"))
     assert len(kept) == 1 and json.loads(kept[0].read_text())["config_input"]["learning_rate"] == 0.123
     assert json.loads(bpr.read_text())["config_input"]["learning_rate"] == 0.001

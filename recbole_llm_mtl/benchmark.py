@@ -123,7 +123,7 @@ def worker(spec_path):
     from recbole_llm_mtl.provenance import provenance
     from recbole_llm_mtl.quick_start import run
 
-    result = run(spec["model"], spec["dataset"], resume=spec.get("resume"),
+    result = run(spec["model"], spec["dataset"], resume=spec.get("resume"), recorded=spec.get("recorded", False),
                  config_dict={**spec["overrides"], "checkpoint_dir": spec["checkpoint_dir"]})
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds_per_epoch"] = result["fit_seconds"] / max(result["epochs"], 1)
@@ -352,7 +352,7 @@ def rerun_from_json(args):
         source = os.path.basename(os.path.dirname(os.path.abspath(path)))
         ckpt_dir = os.path.join(args.checkpoints, "rerun", source, name[:-5])
         spec = {"model": old["model"], "dataset": old["dataset"], "checkpoint_dir": ckpt_dir,
-                "resume": latest_resume_file(ckpt_dir),
+                "resume": latest_resume_file(ckpt_dir), "recorded": True,
                 "overrides": {k: v for k, v in old["config_input"].items() if k != "checkpoint_dir"}}
         changed = results_version_change(old, spec)
         print(f"{name}: re-making {old['model']} on {old['dataset']}"

@@ -178,8 +178,13 @@ def check_dataset(config):
     check_dataset_files(config)
 
 
-def build_config(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=None):
-    """A ready ``Config`` for ``model`` (name or class) on ``dataset``."""
+def build_config(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=None, recorded=False):
+    """A ready ``Config`` for ``model`` (name or class) on ``dataset``.
+
+    ``recorded=True``: ``config_dict`` is a run's recorded config input (what our YAML files
+    said then, plus its overrides), so today's YAML files are not read: a key added to them
+    since (amazon's ``item_text_views``, a tuned ``<model>-<dataset>.yaml``) would rebuild
+    another model than the one that ran."""
     model_class = get_model_class(model)
     user_files = list(config_file_list or [])
     for f in user_files:
@@ -192,7 +197,7 @@ def build_config(model, dataset, config_file_list=None, config_dict=None, cmd_ov
             except yaml.YAMLError as e:
                 raise ConfigError(f"YAML syntax error in {f}: {e}") from e
     warn_unknown_keys(cmd_overrides or {}, "the command line")
-    files = yaml_files(model_class.__name__, dataset) + user_files
+    files = ([] if recorded else yaml_files(model_class.__name__, dataset)) + user_files
     config = LLMConfig(model=model_class, dataset=dataset, config_file_list=files,
                        config_dict=config_dict, cmd_overrides=cmd_overrides)
     check_dataset(config)

@@ -61,7 +61,7 @@ def text_dtype(config):
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=None,
-        saved=True, resume=None, evaluate_test=True, on_built=None):
+        saved=True, resume=None, evaluate_test=True, on_built=None, recorded=False):
     """Train on the train split with early stopping on valid, then test the best model.
 
     ``evaluate_test=False`` (tuning runs) never reads the test split: selection is made on
@@ -69,10 +69,11 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
     and trainer before training (the leakage tests inspect what the model is built from).
     Returns a dict with best valid/test results (and cold/warm ones under the cold-start
     protocol, for valid as well, so protocol choices can be made on valid), per-user
-    NDCG@10, the resolved config, the checkpoint path and timings.
+    NDCG@10, the resolved config, the checkpoint path and timings. ``recorded``: see
+    :func:`~recbole_llm_mtl.config.build_config` (re-making a run from its recorded config).
     """
     started = time.time()
-    config = build_config(model, dataset, config_file_list, config_dict, cmd_overrides)
+    config = build_config(model, dataset, config_file_list, config_dict, cmd_overrides, recorded=recorded)
     init_seed(config["seed"], config["reproducibility"])
     # RecBole creates these with makedirs(exist_ok=False): ranks starting together race
     for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):

@@ -79,7 +79,7 @@ class Recommender:
         saved.update({"show_progress": False, "state": "WARNING"})
         if data_path:
             saved["data_path"] = data_path
-        config = build_config("LLMMTL", dataset, config_dict=saved)
+        config = build_config("LLMMTL", dataset, config_dict=saved, recorded=True)
         built = build(config, serving=True)  # as run() built it: from the train split
         self.data, self.model, test = built.dataset, built.model, built.test
         self.config, self.notes = config, []
@@ -102,10 +102,8 @@ class Recommender:
         if ids is None:
             self.notes.append("the checkpoint predates stored ids: its rows are assumed to follow the "
                               "current files' order (retrain to serve changed data safely)")
-            weights = state["state_dict"]
-        else:
-            weights = self._remap(state["state_dict"], ids)
-        try:
+        try:  # a tensor of another width fails in the remap already, before loading
+            weights = state["state_dict"] if ids is None else self._remap(state["state_dict"], ids)
             self.model.load_state_dict(weights)
         except RuntimeError as e:
             raise ConfigError(f"checkpoint '{checkpoint}' does not fit the model built from its config and "

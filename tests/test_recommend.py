@@ -10,6 +10,7 @@ import torch
 from recbole.data.interaction import Interaction
 
 from conftest import build, tiny_overrides
+from recbole_llm_mtl.errors import ConfigError
 from recbole_llm_mtl.quick_start import run
 from recbole_llm_mtl.recommend import Recommender, main
 from recbole_llm_mtl.trainer import make_trainer
@@ -249,3 +250,28 @@ def test_serving_encodes_only_the_user_texts_it_scores(tiny_root, cache_dir, tmp
     assert [r["item"] for r in eager["recommendations"]] == [r["item"] for r in lazy["recommendations"]]
     assert [r["score"] for r in eager["recommendations"]] == pytest.approx(
         [r["score"] for r in lazy["recommendations"]], abs=1e-4)
+
+
+def test_checkpoint_rebuilt_from_its_recorded_config_not_todays_yaml(tiny_root, cache_dir, tmp_path):
+    """A checkpoint made before amazon.yaml set ``item_text_views: fields`` recorded no such
+    key: it is rebuilt as it ran (one joint text block), not with today's YAML (three field
+    blocks, whose weights would not fit)."""
+    config, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, item_text_views="joint",
+                                       checkpoint_dir=str(tmp_path))
+    trainer = make_trainer(config, model)
+    trainer._train_data = train
+    trainer._save_checkpoint(0, verbose=False)
+    state = torch.load(trainer.saved_model_file, weights_only=True)
+    del state["config_input"]["item_text_views"]  # as written before the key existed
+    torch.save(state, trainer.saved_model_file)
+    rec = Recommender(trainer.saved_model_file)
+    assert rec.config["item_text_views"] is None
+    assert rec.model.item_text.shape == model.item_text.shape
+    assert torch.equal(rec.model.item_text, model.item_text)
+    (out,) = rec.recommend([_first_user(tiny_root)], topk=3)
+    assert len(out["recommendations"]) == 3
+    # a record that does not match the weights (three blocks asked, one stored): one clear line
+    state["config_input"]["item_text_views"] = "fields"
+    torch.save(state, trainer.saved_model_file)
+    with pytest.raises(ConfigError, match="does not fit the model built from its config.*retrain"):
+        Recommender(trainer.saved_model_file)

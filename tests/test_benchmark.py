@@ -220,3 +220,20 @@ def test_harness_bad_data_folder_is_one_line(workdir):
     assert f"error: dataset folder '{workdir / 'nowhere' / 'amazon'}' not found" in proc.stderr
     assert "Traceback" not in proc.stderr and "training" not in proc.stdout
 
+
+
+def test_fingerprint_changes_name_each_kind_of_change(tiny_root):
+    """A file gone, a file new, other rows, other content: each named as what happened."""
+    from recbole_llm_mtl.data.validate import fingerprint_changes, read_atomic_file
+
+    inter, item = (read_atomic_file(os.path.join(tiny_root, "amazon", f"amazon.{s}"), "utf-8", "\t").fingerprint()
+                   for s in ("inter", "item"))
+    assert fingerprint_changes({"amazon.inter": inter}, {"amazon.inter": inter}) == []
+    assert fingerprint_changes({"amazon.inter": inter, "amazon.item": item}, {"amazon.inter": inter}) == [
+        "amazon.item was read at training and is missing now"]
+    assert fingerprint_changes({"amazon.inter": inter}, {"amazon.inter": inter, "amazon.item": item}) == [
+        "amazon.item is new since training"]
+    assert fingerprint_changes({"amazon.inter": inter}, {"amazon.inter": item}) == [
+        f"amazon.inter has {item['rows']} rows (was {inter['rows']})"]
+    assert fingerprint_changes({"amazon.inter": inter}, {"amazon.inter": {**inter, "sha256": "0" * 64}}) == [
+        "amazon.inter has other content (same number of rows)"]

@@ -44,8 +44,10 @@ def fingerprint_changes(saved, current):
         was, now = saved.get(name), current.get(name)
         if was == now:
             continue
-        if was is None or now is None:
-            changes.append(f"{name} was {'not ' if was is None else ''}read at training")
+        if was is None:
+            changes.append(f"{name} is new since training")
+        elif now is None:
+            changes.append(f"{name} was read at training and is missing now")
         elif was["rows"] != now["rows"]:
             changes.append(f"{name} has {now['rows']} rows (was {was['rows']})")
         else:

@@ -181,45 +181,94 @@ def _row_overrides(args, name):
 
 
 def run_all(args):
-    from recbole_llm_mtl.trainer import latest_resume_file
-
     todo = [(n, s) for n in (args.models or list(RUNS)) for s in RUNS[n][2][: args.max_seeds]]
     for name in dict.fromkeys(n for n, _ in todo):  # a bad config or data folder stops here, not in N workers
         _spec_config({"model": RUNS[name][0], "dataset": args.dataset, "checkpoint_dir": args.checkpoints,
                       "overrides": _row_overrides(args, name)})
     for k, (name, seed) in enumerate(todo, 1):
-        model = RUNS[name][0]
+        tag = f"[{k}/{len(todo)}] {name} seed {seed}"
         runs_dir = _row_dir(args, name)
         os.makedirs(runs_dir, exist_ok=True)
         result = os.path.join(runs_dir, _slug(name, seed) + ".json")
-        # each row checkpoints into its own folder, so a killed row resumes where it stopped
-        ckpt_dir = os.path.join(args.checkpoints, os.path.basename(runs_dir), _slug(name, seed))
-        spec = {"model": model, "dataset": args.dataset, "checkpoint_dir": ckpt_dir,
-                "overrides": {**_row_overrides(args, name), "seed": seed, "show_progress": False}}
-        if os.path.exists(result):
-            why = stale_reason(result, spec)
-            if why is None:
-                print(f"[{k}/{len(todo)}] {name} seed {seed}: done earlier, kept", flush=True)
-                continue
-            moved = _set_aside(result, ckpt_dir)
-            print(f"[{k}/{len(todo)}] {name} seed {seed}: the earlier run is stale ({why}); "
-                  f"moved to {moved}, running it again", flush=True)
-        resume = latest_resume_file(ckpt_dir)
-        state = resume and _resume_state(resume)
-        why = resume and (config_change(state["config_input"], spec) or results_version_change(state, spec))
-        if why:  # a state left by other settings (its JSON is gone): resuming would mix the two
-            moved = _set_aside(result, ckpt_dir)
-            print(f"[{k}/{len(todo)}] {name} seed {seed}: the resume state is stale ({why}); "
-                  f"checkpoints moved beside {moved}", flush=True)
-            resume = None
-        spec["resume"] = resume
-        print(f"[{k}/{len(todo)}] {name} seed {seed}: "
-              + (f"resuming from {resume} ..." if resume else "training ..."), flush=True)
-        t0 = time.time()
-        if train_row(spec, result, result[:-5] + ".log"):
-            with open(result) as f:
-                ndcg = json.load(f)["test_result"]["ndcg@10"]
-            print(f"    test NDCG@10 {ndcg:.4f} in {time.time() - t0:.0f}s", flush=True)
+        # a shared row (a baseline under a second protocol) may be named by two invocations at once
+        holder = _claim(result)
+        if holder:
+            print(f"{tag}: being run by another harness (pid {holder}), skipped", flush=True)
+            continue
+        try:
+            _run_row(args, tag, name, seed, result)
+        finally:
+            os.unlink(_lock_path(result))
+
+
+def _run_row(args, tag, name, seed, result):
+    """One row's seed: kept if its finished run is current, else resumed or trained."""
+    from recbole_llm_mtl.trainer import latest_resume_file
+
+    # each row checkpoints into its own folder, so a killed row resumes where it stopped
+    ckpt_dir = os.path.join(args.checkpoints, os.path.basename(os.path.dirname(result)), _slug(name, seed))
+    spec = {"model": RUNS[name][0], "dataset": args.dataset, "checkpoint_dir": ckpt_dir,
+            "overrides": {**_row_overrides(args, name), "seed": seed, "show_progress": False}}
+    if os.path.exists(result):
+        why = stale_reason(result, spec)
+        if why is None:
+            print(f"{tag}: done earlier, kept", flush=True)
+            return
+        moved = _set_aside(result, ckpt_dir)
+        print(f"{tag}: the earlier run is stale ({why}); moved to {moved}, running it again", flush=True)
+    resume = latest_resume_file(ckpt_dir)
+    state = resume and _resume_state(resume)
+    why = resume and (config_change(state["config_input"], spec) or results_version_change(state, spec))
+    if why:  # a state left by other settings (its JSON is gone): resuming would mix the two
+        moved = _set_aside(result, ckpt_dir)
+        print(f"{tag}: the resume state is stale ({why}); checkpoints moved beside {moved}", flush=True)
+        resume = None
+    spec["resume"] = resume
+    print(f"{tag}: " + (f"resuming from {resume} ..." if resume else "training ..."), flush=True)
+    t0 = time.time()
+    if train_row(spec, result, result[:-5] + ".log"):
+        with open(result) as f:
+            ndcg = json.load(f)["test_result"]["ndcg@10"]
+        print(f"    test NDCG@10 {ndcg:.4f} in {time.time() - t0:.0f}s", flush=True)
+
+
+def _lock_path(result):
+    return result[: -len(".json")] + ".lock"
+
+
+def _claim(result):
+    """Take a run's lock file (it holds our pid), or return the pid of the live process that
+    holds it. A lock left by a process that is gone (killed harness) is taken over."""
+    lock = _lock_path(result)
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                return pid
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def stale_reason(result_path, spec):

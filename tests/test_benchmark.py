@@ -124,6 +124,21 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert sixth.returncode == 0, sixth.stderr[-2000:]
     assert "LLMMTL seed 2020: the resume state is stale (model code changed: results version 0 -> 1)" in sixth.stdout
     assert "LLMMTL seed 2020: training ..." in sixth.stdout
+    # a run that another live harness holds (its lock names a live pid) is skipped, not run twice
+    # into the same files; a lock left by a process that is gone is taken over
+    (runs / "BPR-seed2020.json").unlink()
+    lock = runs / "BPR-seed2020.lock"
+    lock.write_text(str(os.getpid()))
+    seventh = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert seventh.returncode == 0, seventh.stderr[-2000:]
+    assert f"BPR seed 2020: being run by another harness (pid {os.getpid()}), skipped" in seventh.stdout
+    assert not (runs / "BPR-seed2020.json").exists() and lock.read_text() == str(os.getpid())
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(gone.stdout.strip())
+    eighth = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert eighth.returncode == 0, eighth.stderr[-2000:]
+    assert "BPR seed 2020: resuming from " in eighth.stdout  # its checkpoints of the run unlinked above
+    assert (runs / "BPR-seed2020.json").exists() and not lock.exists()
 
 
 def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):

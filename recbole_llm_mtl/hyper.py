@@ -181,7 +181,18 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
 
     tuner = HyperTuning(objective, params_dict=space, fixed_config_file_list=config_files,
                         algo=algo, max_evals=max_evals, early_stop=early_stop)
-    tuner.run()
+    # hyperopt draws the order of the trials (the exhaustive grid's too) from fmin's random state,
+    # fresh from the OS unless this variable is set: a fixed seed visits them in the same order on
+    # every start, so a restarted search first resumes the trial it was killed in
+    before = os.environ.get("HYPEROPT_FMIN_SEED")
+    os.environ["HYPEROPT_FMIN_SEED"] = str((overrides or {}).get("seed", 2020))
+    try:
+        tuner.run()
+    finally:
+        if before is None:
+            del os.environ["HYPEROPT_FMIN_SEED"]
+        else:
+            os.environ["HYPEROPT_FMIN_SEED"] = before
     best = decode(tuner.best_params)
     write_report(model, dataset, trials, best, output_dir, overrides, config_files)
     return best, trials

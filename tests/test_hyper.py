@@ -13,21 +13,21 @@ from recbole_llm_mtl.hyper import read_space, rerun_command, tune
 from recbole_llm_mtl.quick_start import parse_args
 
 
-def test_two_trials_report_and_resume(tiny_root, cache_dir, workdir, monkeypatch):
+def test_trials_report_and_resume_in_order(tiny_root, cache_dir, workdir, monkeypatch):
     space = workdir / "space.hyper"
     # a dict-valued choice too: hyperopt cannot enumerate dicts, read_space stands them in
-    space.write_text("# two trials\nlearning_rate choice [0.001,0.003]\ntask_weights choice [{'behavior': 1.0}]\n")
+    space.write_text("# three trials\nlearning_rate choice [0.001,0.002,0.003]\ntask_weights choice [{'behavior': 1.0}]\n")
     best, trials = tune("LLMMTL", "amazon", str(space), algo="exhaustive",
                         overrides=tiny_overrides(tiny_root, cache_dir, task_weights={"behavior": 1.0}),
                         output_dir=str(workdir / "hyper"))
-    assert sorted(t["params"]["learning_rate"] for t in trials) == [0.001, 0.003]
-    assert best["learning_rate"] in (0.001, 0.003)
+    assert sorted(t["params"]["learning_rate"] for t in trials) == [0.001, 0.002, 0.003]
+    assert best["learning_rate"] in (0.001, 0.002, 0.003)
     best_trial = max(trials, key=lambda t: t["best_valid_score"])
     assert best_trial["params"] == best and best["task_weights"] == {"behavior": 1.0}
     assert all(t["params"]["task_weights"] == {"behavior": 1.0} for t in trials)
     table = (workdir / "hyper" / "LLMMTL-amazon.md").read_text()
     assert table.count("| 0.00") >= 2 and "python run_recbole_llm.py --model=LLMMTL" in table
-    assert (workdir / "hyper" / "LLMMTL-amazon.csv").read_text().count("\n") == 3
+    assert (workdir / "hyper" / "LLMMTL-amazon.csv").read_text().count("\n") == 4
     assert "--learning_rate=0.003" in rerun_command("LLMMTL", "amazon", {"learning_rate": 0.003})
     # the printed command survives the shell: a dict or a spaced value stays one argument
     weights = {"behavior": 1.0, "user_profile": 0.3}
@@ -47,7 +47,9 @@ def test_two_trials_report_and_resume(tiny_root, cache_dir, workdir, monkeypatch
                           overrides=tiny_overrides(tiny_root, cache_dir, task_weights={"behavior": 1.0}),
                           output_dir=str(workdir / "hyper"))
     scores = lambda ts: {t["params"]["learning_rate"]: t["best_valid_score"] for t in ts}
-    assert best2 == best and scores(trials2) == scores(trials)  # (hyperopt may visit them in another order)
+    assert best2 == best and scores(trials2) == scores(trials)
+    # in the same order: a search killed in a trial resumes that trial first
+    assert [t["params"] for t in trials2] == [t["params"] for t in trials]
     # the same search with a config file is another search: its trials are not those above
     extra = workdir / "extra.yaml"
     extra.write_text("weight_decay: 0.0001\n")

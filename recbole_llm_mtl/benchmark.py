@@ -293,9 +293,10 @@ def results_version_change(old, spec):
     before versions were recorded count as version 1; a model without a version (RecBole's
     own) never changes here."""
     from recbole_llm_mtl.config import get_model_class
+    from recbole_llm_mtl.trainer import recorded_results_version
 
     now = getattr(get_model_class(spec["model"]), "RESULTS_VERSION", None)
-    was = old.get("results_version", 1 if now is not None else None)
+    was = recorded_results_version(old, now)
     return None if was == now else f"model code changed: results version {was} -> {now}"
 
 

@@ -64,6 +64,13 @@ def load_checkpoint(path, map_location="cpu"):
     return state
 
 
+def recorded_results_version(record, now):
+    """The model code's ``RESULTS_VERSION`` a checkpoint, resume state or run JSON was made
+    under; ``now`` is the current one. Records from before versions were kept count as version
+    1; a model without versions (RecBole's own) has None."""
+    return record.get("results_version", 1 if now is not None else None)
+
+
 def _loadable_other_parameter(model):
     """RecBole's ``other_parameter()`` minus what ``weights_only`` loading refuses.
 
@@ -271,8 +278,8 @@ class CheckpointMixin:
         """Epochs over all parts of the run."""
         return max(self.train_loss_dict, default=self.start_epoch - 1) + 1
 
-    def _load_weights(self, path):
-        state = load_checkpoint(path, self.device)
+    def _load_weights(self, path, state=None):
+        state = state or load_checkpoint(path, self.device)
         if state["model"] != self.config["model"]:
             raise ConfigError(f"checkpoint '{path}' holds a {state['model']} model, "
                               f"not {self.config['model']}")
@@ -290,14 +297,16 @@ class CheckpointMixin:
         return state
 
     def resume_checkpoint(self, resume_file):
-        state = self._load_weights(str(resume_file))
-        # a checkpoint from before versions were recorded counts as version 1 (as the harness reads it)
+        state = load_checkpoint(str(resume_file), self.device)
+        # checked before the weights load: a fix that also changed a shape would otherwise read
+        # as "does not fit"; one that changed none would load and mix two models
         now = getattr(self.model, "RESULTS_VERSION", None)
-        was = state.get("results_version", 1 if now is not None else None)
-        if was != now:  # the weights would load, but training on would mix two models
+        was = recorded_results_version(state, now)
+        if was != now:
             raise ConfigError(f"checkpoint '{resume_file}' was trained by {self.config['model']} code of results "
                               f"version {was}; this code computes version {now} (a fix changed what training "
                               "computes). Start a new run instead of resuming it")
+        self._load_weights(str(resume_file), state)
         self.start_epoch = state["epoch"] + 1
         self.cur_step = state["cur_step"]
         self.best_valid_score = state["best_valid_score"]

@@ -266,7 +266,7 @@ class TextFeatures:
 
     @property
     def text_seconds(self):
-        """Encoding time of item and user texts (user texts have their own encoder under lora/full)."""
+        """Encoding time of item and user texts (user texts have their own frozen encoder under full)."""
         user = self.user_texts.encoder if self.user_texts is not None else None
         encoders = {id(e): e for e in (self.encoder, user) if e is not None}
         return sum(e.seconds for e in encoders.values())

@@ -249,9 +249,10 @@ class SharedLanguageModel(nn.Module):
 
     @torch.inference_mode()
     def encode(self, texts, batch_tokens=16384, show_progress=True, desc="Encoding text", max_length=None):
-        """Encode all ``texts`` (returned in input order) with length-sorted batches, with
-        the weights as loaded (:meth:`as_loaded`): these vectors are cached under the loaded
-        model's identity.
+        """Encode all ``texts`` (returned in input order) with length-sorted batches, in eval
+        mode with LoRA adapters off (:meth:`as_loaded`): these vectors are cached under the
+        loaded model's identity. A model whose own weights were fine-tuned (``llm_mode: full``)
+        must not be used here; full fine-tuning keeps a frozen copy for this.
 
         ``batch_tokens`` bounds padded tokens per batch; a CUDA out-of-memory halves it
         and retries the batch.

@@ -57,6 +57,7 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert not (out / "runs" / "amazon-titles-tiny" / "BPR-seed2020.json").exists()
     recorded = json.loads((out / "runs" / "amazon-titles-tiny" / "LLMMTL-seed2020.json").read_text())["config_input"]
     assert recorded["item_text_fields"] == ["title"] and recorded["tag_fields"] == []
+    assert recorded["item_text_views"] is None  # one field: its joint text, the same vectors either way
     titles_table = (out / "amazon-titles-tiny.md").read_text()
     assert "| BPR | 1 |" in titles_table and "BPR read(s) none of them" in titles_table
     refused = subprocess.run(titles_cmd[:titles_cmd.index("--models") + 1] + ["FDSA"], cwd=workdir, env=env,

@@ -30,6 +30,7 @@ import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from tqdm import tqdm
@@ -182,12 +183,16 @@ class LLMMTL(SequentialRecommender):
 
     # ------------------------------------------------------------------ representations
     def _tuned_text(self, ids):
+        return self._standardized([self.llm(view.input_ids[ids], view.attention_mask[ids]) for view in self.item_tokens],
+                                  [view.empty[ids] for view in self.item_tokens])
+
+    def _standardized(self, views, empties):
+        """Vectors of each text view side by side, each standardised by its own block's
+        statistics; an item without that view's text is zero there, as in ``item_text``."""
         blocks, start = [], 0
-        for view in self.item_tokens:
-            out = self.llm(view.input_ids[ids], view.attention_mask[ids])
-            block = slice(start, start + out.size(1))
-            out = (out - self.text_mean[block]) / self.text_std[block]
-            blocks.append(out.masked_fill(view.empty[ids].unsqueeze(-1), 0.0))
+        for vectors, empty in zip(views, empties):
+            block = slice(start, start + vectors.size(1))
+            blocks.append(((vectors - self.text_mean[block]) / self.text_std[block]).masked_fill(empty.unsqueeze(-1), 0.0))
             start = block.stop
         return torch.cat(blocks, -1)
 
@@ -201,21 +206,17 @@ class LLMMTL(SequentialRecommender):
         if not self.use_text:
             raise ConfigError("this model was trained without text (use_text: False); it cannot read new items")
         device = self.item_text.device
-        out = torch.zeros(len(views[0]), self.item_text.size(1), device=device)
-        start = 0
+        vectors = []
         for texts in views:
             if self.llm is not None:
                 was = self.llm.training
                 self.llm.eval()
-                vectors = self.llm(*self.llm.pad(self.llm.tokenize(texts), device))
+                vectors.append(self.llm(*self.llm.pad(self.llm.tokenize(texts), device)))
                 self.llm.train(was)
             else:
-                vectors = self.text_encoder.lm.encode(list(texts), show_progress=False).to(device)
-            block = slice(start, start + vectors.size(1))
-            empty = torch.tensor([not t for t in texts], device=device).unsqueeze(1)
-            out[:, block] = ((vectors - self.text_mean[block]) / self.text_std[block]).masked_fill(empty, 0.0)
-            start = block.stop
-        return out
+                vectors.append(self.text_encoder.lm.encode(list(texts), show_progress=False).to(device))
+        out = self._standardized(vectors, [torch.tensor([not t for t in texts], device=device) for texts in views])
+        return F.pad(out, (0, self.item_text.size(1) - out.size(1)))  # views left out: zero
 
     @torch.no_grad()
     def refresh_text_vectors(self, batch_size=256):

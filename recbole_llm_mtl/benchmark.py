@@ -65,17 +65,17 @@ RUNS = {
     "cold-start: LLMMTL inductive": ("LLMMTL", {"cold_item_ratio": 0.1, "item_id_embedding": False}, SEEDS),
     "cold-start: SASRec": ("SASRec", {"cold_item_ratio": 0.1}, SEEDS),
 }
-# Second protocols of the same harness (``--protocol``): name -> (overrides, the models that
-# read them, models refused with why). Rows of the reading models run under the overrides into
-# the protocol's own runs folder; a row whose model reads none of them would be the same
-# computation, so it is run and kept once, in the first protocol's folder, and both reports
-# read it there. ``titles``: item text is the title alone and there are no tags, so the
+# Second protocols of the same harness (``--protocol``): name -> (overrides, models refused
+# with why). Rows of the models that read the overrides run under them into the protocol's own
+# runs folder; a row whose model reads none of them (a RecBole model, when every key is one
+# only our models read: ``config_rules.plugin_only_keys``) would be the same computation, so it
+# is run and kept once, in the first protocol's folder, and both reports read it there. ``titles``: item text is the title alone and there are no tags, so the
 # auxiliary tasks must use labels the language model derives (issue 14).
 PROTOCOLS = {
-    "": ({}, (), {}),
+    "": ({}, {}),
     # one text field: its only view is the joint text (pinned, so that runs made before
     # amazon.yaml chose per-field views stay current)
-    "titles": ({"item_text_fields": ["title"], "tag_fields": [], "item_text_views": None}, ("LLMMTL",),
+    "titles": ({"item_text_fields": ["title"], "tag_fields": [], "item_text_views": None},
                {"FDSA": "FDSA reads the item tags as features (selected_features), which this protocol removes"}),
 }
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "BPR", "LightGCN")
@@ -165,7 +165,10 @@ def _runs_name(args, protocol=None):
 def _row_protocol(args, name):
     """The protocol a row runs under: this invocation's, or the first one ("") when the row's
     model reads none of its overrides (the same run serves both reports)."""
-    return args.protocol if RUNS[name][0] in PROTOCOLS[args.protocol][1] else ""
+    from recbole_llm_mtl.config_rules import MODEL_RULES, plugin_only_keys
+
+    model, overrides = RUNS[name][0], PROTOCOLS[args.protocol][0]
+    return args.protocol if model in MODEL_RULES or set(overrides) - plugin_only_keys() else ""
 
 
 def _row_dir(args, name):
@@ -769,7 +772,7 @@ def _markdown(path, rows, args, command, significance, parts, configs, loaded):
              "Leave-one-out by time, full ranking over all items, test split; mean ± std over seeds "
              "where seeds > 1; valid ndcg@10 is the best-valid score that early stopping selected on.", ""]
     if args.protocol:
-        overrides, _, _ = PROTOCOLS[args.protocol]
+        overrides, _ = PROTOCOLS[args.protocol]
         shared = [r["model"] for r in rows if _row_protocol(args, r["model"]) != args.protocol]
         lines += [f"Protocol `{args.protocol}`: {_kv(overrides)} for the models that read these keys."
                   + (f" {', '.join(shared)} read(s) none of them: the same runs as the first protocol's "
@@ -836,7 +839,7 @@ def main(argv=None):
     unknown = [m for m in (args.models or []) if m not in RUNS]
     if unknown:
         parser.error(f"unknown benchmark rows {unknown}; choose from {list(RUNS)}")
-    refused = {m: why for m, why in PROTOCOLS[args.protocol][2].items()
+    refused = {m: why for m, why in PROTOCOLS[args.protocol][1].items()
                if any(RUNS[n][0] == m for n in args.models or list(RUNS))}
     if refused and args.models:
         parser.error(f"--protocol {args.protocol}: " + "; ".join(refused.values()))

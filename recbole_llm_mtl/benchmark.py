@@ -69,7 +69,8 @@ RUNS = {
 # with why). Rows of the models that read the overrides run under them into the protocol's own
 # runs folder; a row whose model reads none of them (a RecBole model, when every key is one
 # only our models read: ``config_rules.plugin_only_keys``) would be the same computation, so it
-# is run and kept once, in the first protocol's folder, and both reports read it there. ``titles``: item text is the title alone and there are no tags, so the
+# is run and kept once, in the first protocol's folder, and both reports read it there.
+# ``titles``: item text is the title alone and there are no tags, so the
 # auxiliary tasks must use labels the language model derives (issue 14).
 PROTOCOLS = {
     "": ({}, {}),

@@ -166,10 +166,9 @@ def _runs_name(args, protocol=None):
 def _row_protocol(args, name):
     """The protocol a row runs under: this invocation's, or the first one ("") when the row's
     model reads none of its overrides (the same run serves both reports)."""
-    from recbole_llm_mtl.config_rules import MODEL_RULES, plugin_only_keys
+    from recbole_llm_mtl.config_rules import keys_not_read_by
 
-    model, overrides = RUNS[name][0], PROTOCOLS[args.protocol][0]
-    return args.protocol if model in MODEL_RULES or set(overrides) - plugin_only_keys() else ""
+    return args.protocol if set(PROTOCOLS[args.protocol][0]) - keys_not_read_by(RUNS[name][0]) else ""
 
 
 def _row_dir(args, name):
@@ -267,11 +266,11 @@ def _claim(result):
 
 def _alive(pid):
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError too means a live process (someone else's)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's live process
-        return True
+    except PermissionError:
+        pass
     return True
 
 
@@ -357,14 +356,14 @@ def config_change(was, spec):
     """How the config input ``was`` differs from the one ``spec`` resolves now (keys of
     ``NOT_CONFIG``, keys the spec's model never reads and new keys whose value is ``~``
     aside), or None."""
-    from recbole_llm_mtl.config_rules import MODEL_RULES, plugin_only_keys
+    from recbole_llm_mtl.config_rules import keys_not_read_by
     from recbole_llm_mtl.trainer import plain_config
 
     config = _spec_config(spec)
     now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
     was = json.loads(json.dumps(was, default=str))
     # a key only our models read (a dataset YAML's item_text_views) does not change a RecBole model's run
-    ignored = NOT_CONFIG if spec["model"] in MODEL_RULES else NOT_CONFIG | plugin_only_keys()
+    ignored = NOT_CONFIG | keys_not_read_by(spec["model"])
     changed = sorted(k for k in set(now) | set(was) if k not in ignored and now.get(k) != was.get(k)
                      and not (k not in was and now[k] is None))
     if changed:

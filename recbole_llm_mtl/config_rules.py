@@ -339,6 +339,11 @@ def plugin_only_keys():
 
 
 
+def keys_not_read_by(model_name):
+    """Config keys that ``model_name`` never reads: none for our models, ours for RecBole's."""
+    return frozenset() if model_name in MODEL_RULES else plugin_only_keys()
+
+
 # Keys that decide a model's weights (their shapes, or how they are read): a checkpoint
 # resumed under other values either fails to load or, worse, loads and means something
 # else (n_heads 2 -> 4 keeps every shape). RecBole's models share these names.

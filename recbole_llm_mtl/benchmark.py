@@ -52,11 +52,14 @@ RUNS = {
     "FDSA": ("FDSA", {}, SEEDS),
     "BPR": ("BPR", {}, SEEDS),
     "LightGCN": ("LightGCN", {}, SEEDS),
-    # the default has L_v alone (L_u lowered valid, tuning log session 8): w/o L_v is the
-    # behaviour loss alone, and L_u is a part one adds
-    "LLMMTL w/o L_v": ("LLMMTL", {"task_weights": {"behavior": 1.0}}, SEEDS),
-    "LLMMTL + L_u": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.1}}, SEEDS),
+    # the default is the behaviour loss alone: L_u and L_v did not clear the parts rule on valid
+    # (tuning log, sessions 8 and 10), so they are parts one adds. "+ L_v" is the default of
+    # sessions 8-10; the rows built on it measure a part against it (PARTS names the base row)
+    "LLMMTL + L_v": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}}, SEEDS),
+    "LLMMTL + L_v + L_u": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.1}}, SEEDS),
     "LLMMTL w/o user text": ("LLMMTL", {"user_text": False}, SEEDS),
+    "LLMMTL + L_v w/o user text": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1},
+                                              "user_text": False}, SEEDS),
     "LLMMTL + recent titles as user text": ("LLMMTL", {"user_text": True, "user_recent_titles": True}, SEEDS),
     "LLMMTL scorer: dot": ("LLMMTL", {"scorer": "dot"}, SEEDS),
     "LLMMTL text only (no ID)": ("LLMMTL", {"item_id_embedding": False}, SEEDS),
@@ -500,10 +503,12 @@ def _per_user(loaded, name, split="test"):
 
 def compare_with_best_baseline(rows, loaded):
     """Paired test over users, test NDCG@10 (per-user means over seeds), of every LLMMTL
-    row against the best baseline: {row name: paired_test result}."""
+    row against the best baseline whose runs kept per-user scores (a run made before they
+    were recorded cannot be paired; the report names the baseline used):
+    {row name: paired_test result}."""
     from recbole_llm_mtl.significance import paired_test
 
-    best = best_baseline(rows)
+    best = best_baseline([r for r in rows if _per_user(loaded, r["model"])])
     if best is None:
         return {}
     reference = _per_user(loaded, best["model"])
@@ -516,44 +521,44 @@ def compare_with_best_baseline(rows, loaded):
     return out
 
 
-# LLMMTL variants as parts: row -> (the part, +1 if the row removes it, -1 if it adds it)
+# LLMMTL variants as parts: row -> (the part, +1 if the row removes it, -1 if it adds it,
+# the row it is measured against: full LLMMTL unless named)
 PARTS = {
-    "LLMMTL w/o user text": ("user text", 1),
-    "LLMMTL + recent titles as user text": ("recent titles in user text", -1),
-    "LLMMTL w/o L_v": ("L_v", 1),
-    "LLMMTL + L_u": ("L_u (weight 0.1)", -1),
-    "LLMMTL scorer: dot": ("MLP scorer (against dot)", 1),
-    "LLMMTL text only (no ID)": ("item ID embedding", 1),
-    "LLMMTL ID only (no text)": ("item text", 1),
+    "LLMMTL w/o user text": ("user text", 1, "LLMMTL"),
+    "LLMMTL + L_v w/o user text": ("user text (with L_v)", 1, "LLMMTL + L_v"),
+    "LLMMTL + recent titles as user text": ("recent titles in user text", -1, "LLMMTL"),
+    "LLMMTL + L_v": ("L_v (weight 0.1)", -1, "LLMMTL"),
+    "LLMMTL + L_v + L_u": ("L_u (weight 0.1, with L_v)", -1, "LLMMTL + L_v"),
+    "LLMMTL scorer: dot": ("MLP scorer (against dot)", 1, "LLMMTL"),
+    "LLMMTL text only (no ID)": ("item ID embedding", 1, "LLMMTL"),
+    "LLMMTL ID only (no text)": ("item text", 1, "LLMMTL"),
 }
 
 
 def compare_parts(rows, loaded):
-    """What each part adds: mean NDCG@10 with the part minus without it (full LLMMTL against
-    the row that removes or adds it), on test and on valid (where decisions are taken),
-    against seed noise (the bar: above twice the larger seed standard deviation of the two
-    rows) and as a paired test over users. A row whose runs used the same parts as full
-    LLMMTL (recorded by the model: e.g. user text on a dataset with none) is the same model
-    and is marked, not compared."""
+    """What each part adds: mean NDCG@10 with the part minus without it (the part's base row,
+    full LLMMTL unless ``PARTS`` names another, against the row that removes or adds it), on
+    test and on valid (where decisions are taken), against seed noise (the bar: above twice
+    the larger seed standard deviation of the two rows) and as a paired test over users. A row
+    whose runs used the same parts as its base (recorded by the model: e.g. user text on a
+    dataset with none) is the same model and is marked, not compared."""
     from recbole_llm_mtl.significance import paired_test
 
     by_name = {r["model"]: r for r in rows}
-    full = by_name.get("LLMMTL")
-    if full is None:
-        return {}
-    full_parts = {json.dumps(r.get("parts"), sort_keys=True) for r in loaded.get("LLMMTL", [])}
-    full_users = {split: _per_user(loaded, "LLMMTL", split) for split in ("test", "valid")}
     out = {}
     for row in rows:
         name = row["model"]
-        if name not in PARTS or _is_cold(row):
+        if name not in PARTS or _is_cold(row) or PARTS[name][2] not in by_name:
             continue
-        part, sign = PARTS[name]
-        row_parts = {json.dumps(r.get("parts"), sort_keys=True) for r in loaded.get(name, [])}
+        part, sign, base = PARTS[name]
+        full = by_name[base]
+        full_parts, row_parts = ({json.dumps(r.get("parts"), sort_keys=True) for r in loaded.get(n, [])}
+                                 for n in (base, name))
         if row_parts == full_parts and "null" not in row_parts:
-            out[name] = {"part": part, "same_model": True}
+            out[name] = {"part": part, "base": base, "same_model": True}
             continue
-        out[name] = {"part": part}
+        full_users = {split: _per_user(loaded, base, split) for split in ("test", "valid")}
+        out[name] = {"part": part, "base": base}
         for split, key, prefix in (("test", "ndcg@10", ""), ("valid", "valid_ndcg@10", "valid_")):
             stds = [s for s in (full[key + "_std"], row[key + "_std"]) if s is not None]
             noise = max(stds) if len(stds) == 2 else None
@@ -585,9 +590,10 @@ def default_config(model, dataset, data_root):
     return _defaults[model, dataset]
 
 
-def config_diff(config, reference):
-    """{key: value} where ``config`` differs from ``reference`` (keys of NOT_CONFIG aside)."""
-    keys = sorted((set(config) | set(reference)) - NOT_CONFIG)
+def config_diff(config, reference, ignored=frozenset()):
+    """{key: value} where ``config`` differs from ``reference`` (keys of NOT_CONFIG and
+    ``ignored`` aside)."""
+    keys = sorted((set(config) | set(reference)) - NOT_CONFIG - set(ignored))
     return {k: config.get(k) for k in keys if config.get(k) != reference.get(k)}
 
 
@@ -595,6 +601,7 @@ def config_report(name, results, dataset):
     """A row's config against the model's defaults, what its model YAML sets, and any key on
     which its seeds' configs disagree (runs made with different code or settings)."""
     from recbole_llm_mtl.config import plugin_models
+    from recbole_llm_mtl.config_rules import keys_not_read_by
 
     configs = [r["config"] for r in results if r.get("config")]
     if not configs:
@@ -603,9 +610,11 @@ def config_report(name, results, dataset):
     # the recorded folder only locates the files the config checks; on another machine it may be gone
     recorded = configs[0]["data_path"]
     defaults = default_config(results[0]["model"], dataset, os.path.dirname(recorded) if os.path.isdir(recorded) else None)
-    return {"recorded": True, "vs_defaults": config_diff(configs[0], defaults),
+    # keys the model never reads (a dataset YAML's item_text_views, for a RecBole model) are no difference
+    unread = keys_not_read_by(results[0]["model"])
+    return {"recorded": True, "vs_defaults": config_diff(configs[0], defaults, unread),
             "model_yaml": prov[0].get("model_yaml", {}), "plugin": results[0]["model"] in plugin_models(),
-            "seeds_disagree": sorted({k for c in configs[1:] for k in config_diff(c, configs[0])}),
+            "seeds_disagree": sorted({k for c in configs[1:] for k in config_diff(c, configs[0], unread)}),
             "text_dtype": sorted({str(r.get("text_dtype")) for r in results}),
             "commits": sorted({f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}" for p in prov}),
             "machines": sorted({_machine_line(p.get("machine") or {}) for p in prov}),
@@ -641,13 +650,14 @@ def _fmt_p(test):
     return f"{test['p_wilcoxon']:.1e}" if test["p_wilcoxon"] < 1e-3 else f"{test['p_wilcoxon']:.3f}"
 
 
-def _main_table(rows, significance, best, reference):
+def _main_table(rows, significance, reference):
     cols = METRICS
+    paired_with = next((t["baseline"] for t in significance.values()), None)
     lines = ["| model | seeds | " + " | ".join(cols) + " | valid ndcg@10 | p vs best baseline"
              + " | best epoch | s/epoch | train s | eval s | peak RSS MB |",
              "|---|---|" + "---|" * (len(cols) + 7)]
     for r in (r for r in rows if not _is_cold(r)):
-        p = "(reference)" if best and r["model"] == best["model"] else _fmt_p(significance.get(r["model"]))
+        p = "(reference)" if r["model"] == paired_with else _fmt_p(significance.get(r["model"]))
         lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(_fmt(r, c) for c in cols)
                      + f" | {_fmt(r, 'valid_ndcg@10')} | {p}"
                      + f" | {'-' if r['best_epoch'] is None else format(r['best_epoch'], '.3g')}"
@@ -671,8 +681,8 @@ def _significance_lines(significance, rows, best):
         return lines
     lines += ["", "## Paired test over users", "",
               "Test NDCG@10 per user (averaged over the row's seeds), each row against the best baseline on "
-              "the same users: mean difference, its 95% paired-bootstrap interval and the two-sided Wilcoxon "
-              "signed-rank p-value (users scored equally by both, mostly both zero, are left out of it).", "",
+              "the same users" + _paired_with_note(significance, best) + ": mean difference, its 95% "
+              "paired-bootstrap interval and the two-sided Wilcoxon signed-rank p-value (users scored equally by both, mostly both zero, are left out of it).", "",
               "| row | vs | users | mean difference | 95% CI | Wilcoxon p |", "|---|---|---|---|---|---|"]
     for name, t in significance.items():
         lines.append(f"| {name} | {t['baseline']} | {t['users']} | {t['mean_diff']:+.4f} | "
@@ -680,22 +690,31 @@ def _significance_lines(significance, rows, best):
     return lines
 
 
+def _paired_with_note(significance, best):
+    """Why the paired baseline is not the best one, when it is not."""
+    paired_with = next(iter(significance.values()))["baseline"]
+    if best is None or paired_with == best["model"]:
+        return ""
+    return (f" whose runs kept per-user scores, {paired_with} ({best['model']}'s runs were made before "
+            "per-user scores were recorded: they cannot be paired)")
+
+
 def _parts_lines(parts):
     if not parts:
         return []
     lines = ["", "## What each part adds", "",
-             "Mean NDCG@10 with the part minus without it (full LLMMTL against the row that removes or "
-             "adds it): a part earns its place when the gain is above twice the larger seed standard deviation "
-             "of the two rows; the paired test over users (per-user means over seeds; bootstrap interval, "
+             "Mean NDCG@10 with the part minus without it (the row that adds or removes it against the "
+             "row it is built on: full LLMMTL unless named): a part earns its place when the gain is above "
+             "twice the larger seed standard deviation of the two rows; the paired test over users (per-user means over seeds; bootstrap interval, "
              "Wilcoxon p) is the finer look. Decisions read the valid columns; the test columns are the "
              "final measurement.", "",
-             "| part | row | test gain | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p "
+             "| part | row | against | test gain | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p "
              "| valid gain | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in parts.items():
         if t.get("same_model"):
-            lines.append(f"| {t['part']} | {name} | not active on this dataset: the row is the same "
-                         "model as full LLMMTL |" + " - |" * 9)
+            lines.append(f"| {t['part']} | {name} | {t['base']} | not active on this dataset: the row is the "
+                         "same model as the one it is built on |" + " - |" * 9)
             continue
         cells = []
         for prefix in ("", "valid_"):
@@ -705,7 +724,7 @@ def _parts_lines(parts):
                       _beyond(t[prefix + "beyond_2std"], t[prefix + "gain"], std),
                       f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "-",
                       _fmt_p({"p_wilcoxon": t[prefix + "p_wilcoxon"]}) if prefix + "p_wilcoxon" in t else "-"]
-        lines.append(f"| {t['part']} | {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {t['part']} | {name} | {t['base']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -777,7 +796,7 @@ def _markdown(path, rows, args, command, significance, parts, configs, loaded):
         lines += [f"Protocol `{args.protocol}`: {_kv(overrides)} for the models that read these keys."
                   + (f" {', '.join(shared)} read(s) none of them: the same runs as the first protocol's "
                      f"(`runs/{_runs_name(args, '')}/`)." if shared else ""), ""]
-    lines += _main_table(rows, significance, best, published(args))
+    lines += _main_table(rows, significance, published(args))
     lines += _significance_lines(significance, rows, best)
     lines += _parts_lines(parts)
     lines += _cold_lines(rows)

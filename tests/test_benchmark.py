@@ -13,7 +13,7 @@ from conftest import ROOT
 def test_harness_tiny_and_resumable(tiny_root, workdir):
     out = workdir / "results"
     cmd = [sys.executable, "-m", "recbole_llm_mtl.benchmark", "--dataset", "amazon", "--tiny", "--data_path", tiny_root,
-           "--models", "LLMMTL", "LLMMTL + L_u", "LLMMTL w/o user text", "BPR", "--max_seeds", "1",
+           "--models", "LLMMTL", "LLMMTL + L_v", "LLMMTL + L_v w/o user text", "BPR", "--max_seeds", "1",
            "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=ROOT)
     first = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
@@ -24,20 +24,23 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     table = (out / "amazon-tiny.md").read_text()
     assert "| LLMMTL | 1 |" in table and "| BPR | 1 |" in table and "VQ-Rec (published, not re-run)" in table
     data = json.loads((out / "amazon-tiny.json").read_text())
-    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL + L_u", "LLMMTL w/o user text", "BPR"}
+    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL + L_v", "LLMMTL + L_v w/o user text", "BPR"}
     assert data["commit"]
     # what the left-out part adds: full minus ablation, paired over the same users
-    part = data["parts"]["LLMMTL + L_u"]  # an added part: the row with it against full LLMMTL
+    part = data["parts"]["LLMMTL + L_v"]  # an added part: the row with it against full LLMMTL
+    assert part["part"] == "L_v (weight 0.1)" and part["base"] == "LLMMTL"
     assert part["beyond_2std"] is None and part["users"] == 300  # one seed: no seed std to compare with
     assert abs(part["gain"] - part["mean_diff"]) < 1e-4
     # ... and on valid, where decisions are taken (per-user valid scores of the best checkpoint)
     assert part["valid_beyond_2std"] is None and part["valid_users"] == 300
     assert abs(part["valid_gain"] - part["valid_mean_diff"]) < 1e-4 and part["valid_gain"] != part["gain"]
-    assert "## What each part adds" in table and "| L_u (weight 0.1) | LLMMTL + L_u | " in table
-    # the slice has no profile fields or reviews: "w/o user text" is the full model, and says so
-    assert data["parts"]["LLMMTL w/o user text"] == {"part": "user text", "same_model": True}
-    assert "| user text | LLMMTL w/o user text | not active on this dataset" in table
-    assert "| part | row | test gain |" in table and "| valid gain |" in table
+    assert "## What each part adds" in table and "| L_v (weight 0.1) | LLMMTL + L_v | LLMMTL | " in table
+    # the slice has no profile fields or reviews: "+ L_v w/o user text" is the row it is built
+    # on ("+ L_v", not full LLMMTL: that one differs by L_v), and says so
+    assert data["parts"]["LLMMTL + L_v w/o user text"] == {"part": "user text (with L_v)", "base": "LLMMTL + L_v",
+                                                           "same_model": True}
+    assert "| user text (with L_v) | LLMMTL + L_v w/o user text | LLMMTL + L_v | not active on this dataset" in table
+    assert "| part | row | against | test gain |" in table and "| valid gain |" in table
     _check_provenance(out / "runs" / "amazon-tiny" / "LLMMTL-seed2020.json")
     # the paired test over users: LLMMTL against the only (so the best) baseline
     test = data["significance"]["LLMMTL"]
@@ -72,15 +75,15 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert old["config_input"]["item_text_views"] == "fields"
     old["config_input"]["item_text_views"] = "joint"
     bpr.write_text(json.dumps(old))
-    plus_lu = out / "runs" / "amazon-tiny" / "LLMMTL___L_u-seed2020.json"
-    lu = json.loads(plus_lu.read_text())
-    lu["config_input"]["item_text_views"] = "joint"
-    plus_lu.write_text(json.dumps(lu))
+    plus_lv = out / "runs" / "amazon-tiny" / "LLMMTL___L_v-seed2020.json"
+    lv = json.loads(plus_lv.read_text())
+    lv["config_input"]["item_text_views"] = "joint"
+    plus_lv.write_text(json.dumps(lv))
     third = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert third.returncode == 0, third.stderr[-2000:]
     assert "LLMMTL seed 2020: done earlier, kept" in third.stdout
     assert "BPR seed 2020: the earlier run is stale (config changed: learning_rate 0.123 -> 0.001)" in third.stdout
-    assert ("LLMMTL + L_u seed 2020: the earlier run is stale (config changed: item_text_views 'joint' -> 'fields')"
+    assert ("LLMMTL + L_v seed 2020: the earlier run is stale (config changed: item_text_views 'joint' -> 'fields')"
             in third.stdout)
     kept = list((out / "runs" / "amazon-tiny" / "stale").glob("BPR-seed2020.json.*"))
     assert len(kept) == 1 and json.loads(kept[0].read_text())["config_input"]["learning_rate"] == 0.123
@@ -99,7 +102,7 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     # a run from before versions were recorded counts as version 1; RecBole's models have none
     assert json.loads(bpr.read_text())["results_version"] is None
     runs = out / "runs" / "amazon-tiny"
-    for slug, version in (("LLMMTL-seed2020", 0), ("LLMMTL___L_u-seed2020", None)):
+    for slug, version in (("LLMMTL-seed2020", 0), ("LLMMTL___L_v-seed2020", None)):
         path = runs / f"{slug}.json"
         old = json.loads(path.read_text())
         assert old["results_version"] == 1
@@ -253,3 +256,18 @@ def test_fingerprint_changes_name_each_kind_of_change(tiny_root):
         f"amazon.inter has {item['rows']} rows (was {inter['rows']})"]
     assert fingerprint_changes({"amazon.inter": inter}, {"amazon.inter": {**inter, "sha256": "0" * 64}}) == [
         "amazon.inter has other content (same number of rows)"]
+
+
+def test_config_report_leaves_out_keys_the_model_never_reads(tiny_root):
+    """A dataset YAML's item_text_views is no difference for BPR (it never reads it), and
+    seeds made before and after the key came do not disagree; a key BPR reads still shows."""
+    from recbole_llm_mtl.benchmark import config_report, default_config
+
+    defaults = default_config("BPR", "amazon", tiny_root)
+    config = {**defaults, "data_path": os.path.join(tiny_root, "amazon"), "learning_rate": 0.01}
+    runs = [{"model": "BPR", "config": {**config, "item_text_views": "joint"}},
+            {"model": "BPR", "config": {**config, "item_text_views": None}}]
+    report = config_report("BPR", runs, "amazon")
+    assert report["vs_defaults"] == {"learning_rate": 0.01} and report["seeds_disagree"] == []
+    llmmtl = config_report("LLMMTL", [{**r, "model": "LLMMTL"} for r in runs], "amazon")
+    assert llmmtl["seeds_disagree"] == ["item_text_views"]

@@ -41,7 +41,7 @@ def test_three_losses_finite_and_decreasing(built):
 @pytest.mark.parametrize("overrides,names", [
     ({"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}}, ["behavior", "item_semantics"]),
     ({"task_weights": {"behavior": 1.0}}, ["behavior"]),
-    ({}, ["behavior", "item_semantics"]),  # the default: L_u off (tuning log, session 8)
+    ({}, ["behavior"]),  # the default: L_u and L_v off (tuning log, sessions 8 and 10)
     ({"task_weighting": "uncertainty", "task_weights": ALL_TASKS}, ["behavior", "user_profile", "item_semantics"]),
     ({"behavior_loss": "bce", "scorer": "dot", "task_weights": ALL_TASKS}, ["behavior", "user_profile", "item_semantics"]),
 ])

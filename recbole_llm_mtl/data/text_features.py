@@ -209,7 +209,16 @@ class TextFeatures:
             if user_texts_up_front:  # training reads them all; serving encodes what it scores
                 self.user_texts.prepare(rows_of=train)
 
-        # ---- semantic labels of items, for the auxiliary tasks ----
+        # ---- semantic labels of items, for the auxiliary tasks (k-means costs seconds: only
+        # when one of them trains; they draw no torch random numbers, so skipping them changes nothing else)
+        self.content_labels = self.behavior_labels = torch.zeros(self.n_items, 0)
+        self.tag_names = []
+        if any(float(w) > 0 for task, w in (config["task_weights"] or {}).items() if task != "behavior"):
+            self._labels(config, train, rows)
+        self.seconds = time.perf_counter() - started
+
+    def _labels(self, config, train, rows):
+        """Content labels (item tags, else k-means over the text vectors) and behaviour clusters."""
         seed = config["seed"]
         tags, self.tag_names = multi_hot(train, train.item_feat, config["tag_fields"] or [],
                                          config["tag_min_count"], config["tag_max_share"]) \
@@ -221,7 +230,6 @@ class TextFeatures:
                         f"(granularities {list(config['text_clusters'])})")
         self.content_labels = tags
         self.behavior_labels = behavior_clusters(rows, self.seen, config["behavior_clusters"] or [], seed)
-        self.seconds = time.perf_counter() - started
 
     @staticmethod
     def _view_empty(name, texts, n_views):

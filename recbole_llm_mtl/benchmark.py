@@ -211,10 +211,8 @@ def _run_row(args, tag, name, seed, result):
     """One row's seed: kept if its finished run is current, else resumed or trained."""
     from recbole_llm_mtl.trainer import latest_resume_file
 
-    # each row checkpoints into its own folder, so a killed row resumes where it stopped
-    ckpt_dir = os.path.join(args.checkpoints, os.path.basename(os.path.dirname(result)), _slug(name, seed))
-    spec = {"model": RUNS[name][0], "dataset": args.dataset, "checkpoint_dir": ckpt_dir,
-            "overrides": {**_row_overrides(args, name), "seed": seed, "show_progress": False}}
+    spec = _row_spec(args, name, seed, result)
+    ckpt_dir = spec["checkpoint_dir"]
     if os.path.exists(result):
         why = stale_reason(result, spec)
         if why is None:
@@ -236,6 +234,14 @@ def _run_row(args, tag, name, seed, result):
         with open(result) as f:
             ndcg = json.load(f)["test_result"]["ndcg@10"]
         print(f"    test NDCG@10 {ndcg:.4f} in {time.time() - t0:.0f}s", flush=True)
+
+
+def _row_spec(args, name, seed, result):
+    """What one row's seed runs: model, dataset, checkpoint folder and overrides."""
+    # each row checkpoints into its own folder, so a killed row resumes where it stopped
+    ckpt_dir = os.path.join(args.checkpoints, os.path.basename(os.path.dirname(result)), _slug(name, seed))
+    return {"model": RUNS[name][0], "dataset": args.dataset, "checkpoint_dir": ckpt_dir,
+            "overrides": {**_row_overrides(args, name), "seed": seed, "show_progress": False}}
 
 
 def _lock_path(result):
@@ -277,6 +283,9 @@ def _alive(pid):
     return True
 
 
+UNRECORDED = "made before runs recorded their config"
+
+
 def stale_reason(result_path, spec):
     """Why a finished run is not what ``spec`` would run now, or None if it still is: its
     recorded config input (model, dataset and overall YAML plus overrides) is compared with
@@ -288,7 +297,7 @@ def stale_reason(result_path, spec):
     with open(result_path) as f:
         old = json.load(f)
     if "config_input" not in old:
-        return "made before runs recorded their config"
+        return UNRECORDED
     return (config_change(old["config_input"], spec) or results_version_change(old, spec)
             or data_change(old.get("data_fingerprint"), spec))
 
@@ -421,12 +430,20 @@ def rerun_from_json(args):
                   f"re-made {new['test_result'].get('ndcg@10')}", flush=True)
 
 
-def _load_row(runs_dir, name, seeds):
-    """The run JSONs of one row (seeds that finished), with their per-user scores."""
+def _load_row(args, name, seeds, left_out):
+    """The run JSONs of one row (seeds that finished), with their per-user scores. A run that
+    the harness would find stale (its row now runs another config, other data or other model
+    code) is left out, and ``left_out`` says why; a run made before configs were recorded
+    cannot be checked and is kept (the report marks its row)."""
+    runs_dir = _row_dir(args, name)
     results = []
     for seed in seeds:
         path = os.path.join(runs_dir, _slug(name, seed) + ".json")
-        if os.path.exists(path):
+        why = os.path.exists(path) and stale_reason(path, _row_spec(args, name, seed, path))
+        if why and why != UNRECORDED:
+            left_out.append(f"{name} seed {seed}: stale ({why})")
+            print(f"{name} seed {seed}: stale ({why}); left out of the report", flush=True)
+        elif os.path.exists(path):
             with open(path) as f:
                 result = json.load(f)
             users = _users_path(path)
@@ -462,8 +479,9 @@ def summarize(args):
     from recbole_llm_mtl.provenance import git_state
 
     rows, loaded = [], {}
+    args.left_out = []
     for name in args.models or list(RUNS):
-        results = _load_row(_row_dir(args, name), name, RUNS[name][2][: args.max_seeds])
+        results = _load_row(args, name, RUNS[name][2][: args.max_seeds], args.left_out)
         if results:
             loaded[name] = results
             rows.append(summarize_row(name, results))
@@ -475,7 +493,8 @@ def summarize(args):
         a if " " not in a else repr(a) for a in sys.argv[1:] if a != "--report_only")
     base = os.path.join(args.out, _runs_name(args))
     with open(base + ".json", "w") as f:
-        json.dump({"rows": rows, "significance": significance, "parts": parts, "configs": configs, "published": published(args),
+        json.dump({"rows": rows, "significance": significance, "parts": parts, "configs": configs,
+                   "left_out": args.left_out, "published": published(args),
                    "commit": git_state()["commit"], "command": command}, f, indent=1, default=str)
     with open(base + ".csv", "w", newline="") as f:
         fields = list(dict.fromkeys(k for r in rows for k in r)) or ["model"]  # cold rows add columns
@@ -801,6 +820,8 @@ def _markdown(path, rows, args, command, significance, parts, configs, loaded):
     lines += _parts_lines(parts)
     lines += _cold_lines(rows)
     lines += _config_lines(configs)
+    if args.left_out:
+        lines += ["", "Left out as stale (the harness would run them again): " + "; ".join(args.left_out) + "."]
     if args.note:
         lines += ["", f"Note: {args.note}"]
     lines += ["", f"Command: `{command}`  ", f"Table written at commit `{git_state()['commit']}`; runs made at "

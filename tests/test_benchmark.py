@@ -79,6 +79,15 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     lv = json.loads(plus_lv.read_text())
     lv["config_input"]["item_text_views"] = "joint"
     plus_lv.write_text(json.dumps(lv))
+    # a report alone trains nothing, and leaves stale runs out rather than showing them under
+    # a row that now runs something else
+    report = subprocess.run(cmd + ["--report_only"], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert ("BPR seed 2020: stale (config changed: learning_rate 0.123 -> 0.001); left out of the report"
+            in report.stdout)
+    data = json.loads((out / "amazon-tiny.json").read_text())
+    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL + L_v w/o user text"}
+    assert len(data["left_out"]) == 2 and "Left out as stale" in (out / "amazon-tiny.md").read_text()
     third = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert third.returncode == 0, third.stderr[-2000:]
     assert "LLMMTL seed 2020: done earlier, kept" in third.stdout

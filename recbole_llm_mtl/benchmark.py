@@ -299,7 +299,7 @@ def stale_reason(result_path, spec):
     if "config_input" not in old:
         return UNRECORDED
     return (config_change(old["config_input"], spec) or results_version_change(old, spec)
-            or data_change(old.get("data_fingerprint"), spec))
+            or data_change(old.get("data_fingerprint"), spec, old.get("data_files")))
 
 
 def results_version_change(old, spec):
@@ -318,14 +318,18 @@ def results_version_change(old, spec):
 _fingerprints = {}  # (path, size, mtime) -> fingerprint: a report reads each file once
 
 
-def data_change(was, spec):
+def data_change(was, spec, files=None):
     """Which atomic files the run read (``was``: name -> fingerprint) now hold other data
-    in the folder ``spec`` reads, or None (runs made before fingerprints were recorded pass)."""
-    from recbole_llm_mtl.data.validate import fingerprint_changes, read_atomic_file
+    in the folder ``spec`` reads, and which of the dataset's files are new there since the run
+    (``files``: the ones it could read then; a new ``.review`` is user text a rerun reads), or
+    None (runs made before fingerprints, or file lists, were recorded pass that check)."""
+    from recbole_llm_mtl.data.validate import dataset_files, fingerprint_changes, read_atomic_file
 
     if not was:
         return None
     config = _spec_config(spec)
+    new = sorted(set(dataset_files(config["data_path"], config["dataset"])) - set(files) - set(was)) \
+        if files is not None else []
     now = {}
     for name in was:
         path = os.path.join(config["data_path"], name)
@@ -335,7 +339,7 @@ def data_change(was, spec):
                 _fingerprints[key] = read_atomic_file(path, config["encoding"] or "utf-8",
                                                       config["field_separator"] or "\t").fingerprint()
             now[name] = _fingerprints[key]
-    changed = fingerprint_changes(was, now)
+    changed = fingerprint_changes(was, now) + [f"{name} is new since training" for name in new]
     return f"data changed in {config['data_path']}: " + "; ".join(changed) if changed else None
 
 

@@ -17,6 +17,7 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_llm_mtl.build import build
 from recbole_llm_mtl.config import build_config
+from recbole_llm_mtl.data.validate import dataset_files
 from recbole_llm_mtl.errors import LLMMTLError
 from recbole_llm_mtl.trainer import make_trainer, plain_config
 
@@ -136,6 +137,8 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
         "results_version": getattr(trainer.model, "RESULTS_VERSION", None),
         # which data: a hash of every atomic file read (row order aside)
         "data_fingerprint": getattr(built.dataset, "data_fingerprint", {}),
+        # ... and every file it could have read: a file added later may be read by a rerun
+        "data_files": dataset_files(config["data_path"], config["dataset"]),
         "per_user_ndcg@10": {"valid": valid_users, "test": test_users},
         **cold_warm,
     }

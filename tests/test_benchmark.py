@@ -201,6 +201,7 @@ def _check_provenance(path):
     assert prov["commit"] and prov["dirty"] in (True, False) and prov["machine"]["cores"] > 0
     assert prov["model_yaml"]["learning_rate"] > 0
     assert run["text_dtype"] in ("float32", "bfloat16")
+    assert set(run["data_fingerprint"]) == {"amazon.inter", "amazon.item"} == set(run["data_files"])
     with gzip.open(str(path)[: -len(".json")] + ".users.json.gz", "rt") as f:
         users = json.load(f)
     for split, result in (("valid", run["best_valid_result"]), ("test", run["test_result"])):
@@ -280,3 +281,24 @@ def test_config_report_leaves_out_keys_the_model_never_reads(tiny_root):
     assert report["vs_defaults"] == {"learning_rate": 0.01} and report["seeds_disagree"] == []
     llmmtl = config_report("LLMMTL", [{**r, "model": "LLMMTL"} for r in runs], "amazon")
     assert llmmtl["seeds_disagree"] == ["item_text_views"]
+
+
+def test_a_data_file_added_since_the_run_makes_it_stale(tiny_root, tmp_path):
+    """A run records the dataset's files it could read; one added since (a .review file is
+    user text a rerun would read) makes the run stale, named; runs that recorded no file list
+    (made before it was kept) are checked on their fingerprints alone."""
+    import shutil
+
+    from recbole_llm_mtl.benchmark import data_change
+    from recbole_llm_mtl.data.validate import dataset_files, read_atomic_file
+
+    shutil.copytree(os.path.join(tiny_root, "amazon"), tmp_path / "amazon")
+    folder = str(tmp_path / "amazon")
+    was = {f: read_atomic_file(os.path.join(folder, f), "utf-8", "\t").fingerprint() for f in ("amazon.inter", "amazon.item")}
+    files = dataset_files(folder, "amazon")
+    spec = {"model": "BPR", "dataset": "amazon", "checkpoint_dir": str(tmp_path / "ckpt"),
+            "overrides": {"data_path": str(tmp_path), "seed": 2020}}
+    assert data_change(was, spec, files) is None
+    (tmp_path / "amazon" / "amazon.review").write_text("user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq\n")
+    assert data_change(was, spec, files) == f"data changed in {folder}: amazon.review is new since training"
+    assert data_change(was, spec, None) is None

@@ -36,6 +36,15 @@ class AtomicFile(namedtuple("AtomicFile", "path names types rows lines")):
         return {"sha256": h.hexdigest(), "rows": len(self.rows)}
 
 
+def dataset_files(folder, dataset):
+    """The dataset's atomic files in ``folder`` (``<dataset>.<suffix>``), sorted: what a run
+    could read there, recorded beside the fingerprints of what it did read."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(f for f in os.listdir(folder)
+                  if f.startswith(dataset + ".") and os.path.isfile(os.path.join(folder, f)))
+
+
 def fingerprint_changes(saved, current):
     """What differs between two {file name: fingerprint} maps: the files a run or checkpoint
     read (``saved``) and the same folder's files now (``current``), one phrase per file."""

@@ -323,15 +323,14 @@ def data_change(was, spec, files=None):
     in the folder ``spec`` reads, and which of the dataset's files are new there since the run
     (``files``: the ones it could read then; a new ``.review`` is user text a rerun reads), or
     None (runs made before fingerprints, or file lists, were recorded pass that check)."""
-    from recbole_llm_mtl.data.validate import dataset_files, fingerprint_changes, read_atomic_file
+    from recbole_llm_mtl.data.validate import fingerprint_changes, read_atomic_file, readable_files
 
-    if not was:
+    if not was and files is None:
         return None
     config = _spec_config(spec)
-    new = sorted(set(dataset_files(config["data_path"], config["dataset"])) - set(files) - set(was)) \
-        if files is not None else []
+    new = sorted(set(readable_files(config)) - set(files) - set(was or {})) if files is not None else []
     now = {}
-    for name in was:
+    for name in was or {}:
         path = os.path.join(config["data_path"], name)
         if os.path.isfile(path):
             key = (path, os.path.getsize(path), os.path.getmtime(path))
@@ -339,7 +338,7 @@ def data_change(was, spec, files=None):
                 _fingerprints[key] = read_atomic_file(path, config["encoding"] or "utf-8",
                                                       config["field_separator"] or "\t").fingerprint()
             now[name] = _fingerprints[key]
-    changed = fingerprint_changes(was, now) + [f"{name} is new since training" for name in new]
+    changed = fingerprint_changes(was or {}, now) + [f"{name} is new since training" for name in new]
     return f"data changed in {config['data_path']}: " + "; ".join(changed) if changed else None
 
 
@@ -405,7 +404,7 @@ def _set_aside(result, ckpt_dir):
 
 def rerun_from_json(args):
     """Re-make runs from the config their JSONs recorded (same model, dataset and config
-    input: YAML values and overrides as they were), into ``<out>/runs/rerun/``."""
+    input: YAML values and overrides as they were), into ``<out>/runs/rerun/<source folder>/``."""
     from recbole_llm_mtl.trainer import latest_resume_file
 
     out_dir = os.path.join(args.out, "runs", "rerun")
@@ -423,10 +422,16 @@ def rerun_from_json(args):
         spec = {"model": old["model"], "dataset": old["dataset"], "checkpoint_dir": ckpt_dir,
                 "resume": latest_resume_file(ckpt_dir), "recorded": True,
                 "overrides": {k: v for k, v in old["config_input"].items() if k != "checkpoint_dir"}}
-        changed = results_version_change(old, spec)
+        try:
+            data = data_change(old.get("data_fingerprint"), spec, old.get("data_files"))
+        except LLMMTLError:
+            data = None  # the folder itself is wrong: training says so in one line
+        changed = "; ".join(c for c in (results_version_change(old, spec), data) if c)
         print(f"{name}: re-making {old['model']} on {old['dataset']}"
               + (f" ({changed}: the figures may differ)" if changed else "") + " ...", flush=True)
-        result = train_row(spec, os.path.join(out_dir, name), os.path.join(out_dir, name[:-5] + ".log"))
+        os.makedirs(os.path.join(out_dir, source), exist_ok=True)
+        target = os.path.join(out_dir, source, name)
+        result = train_row(spec, target, target[:-5] + ".log")
         if result:
             with open(result) as f:
                 new = json.load(f)
@@ -434,27 +439,33 @@ def rerun_from_json(args):
                   f"re-made {new['test_result'].get('ndcg@10')}", flush=True)
 
 
-def _load_row(args, name, seeds, left_out):
+def _load_row(args, name, seeds, notes):
     """The run JSONs of one row (seeds that finished), with their per-user scores. A run that
     the harness would find stale (its row now runs another config, other data or other model
-    code) is left out, and ``left_out`` says why; a run made before configs were recorded
-    cannot be checked and is kept (the report marks its row)."""
-    runs_dir = _row_dir(args, name)
+    code) is left out, and ``notes`` says why; a run made before configs were recorded, or one
+    whose data folder is not on this machine, cannot be checked and is kept (``notes`` and the
+    configurations table say so)."""
     results = []
     for seed in seeds:
-        path = os.path.join(runs_dir, _slug(name, seed) + ".json")
-        why = os.path.exists(path) and stale_reason(path, _row_spec(args, name, seed, path))
+        path = os.path.join(_row_dir(args, name), _slug(name, seed) + ".json")
+        if not os.path.exists(path):
+            continue
+        try:
+            why = stale_reason(path, _row_spec(args, name, seed, path))
+        except LLMMTLError as e:  # e.g. the data folder is elsewhere: the figures stand, unchecked
+            why = None
+            notes.append(f"{name} seed {seed}: kept, not checked ({e})")
         if why and why != UNRECORDED:
-            left_out.append(f"{name} seed {seed}: stale ({why})")
+            notes.append(f"{name} seed {seed}: left out, stale ({why})")
             print(f"{name} seed {seed}: stale ({why}); left out of the report", flush=True)
-        elif os.path.exists(path):
-            with open(path) as f:
-                result = json.load(f)
-            users = _users_path(path)
-            if os.path.exists(users):
-                with gzip.open(users, "rt") as f:
-                    result["per_user"] = json.load(f)
-            results.append(result)
+            continue
+        with open(path) as f:
+            result = json.load(f)
+        users = _users_path(path)
+        if os.path.exists(users):
+            with gzip.open(users, "rt") as f:
+                result["per_user"] = json.load(f)
+        results.append(result)
     return results
 
 
@@ -482,10 +493,9 @@ def summarize_row(name, results):
 def summarize(args):
     from recbole_llm_mtl.provenance import git_state
 
-    rows, loaded = [], {}
-    args.left_out = []
+    rows, loaded, notes = [], {}, []
     for name in args.models or list(RUNS):
-        results = _load_row(args, name, RUNS[name][2][: args.max_seeds], args.left_out)
+        results = _load_row(args, name, RUNS[name][2][: args.max_seeds], notes)
         if results:
             loaded[name] = results
             rows.append(summarize_row(name, results))
@@ -498,14 +508,14 @@ def summarize(args):
     base = os.path.join(args.out, _runs_name(args))
     with open(base + ".json", "w") as f:
         json.dump({"rows": rows, "significance": significance, "parts": parts, "configs": configs,
-                   "left_out": args.left_out, "published": published(args),
+                   "run_notes": notes, "published": published(args),
                    "commit": git_state()["commit"], "command": command}, f, indent=1, default=str)
     with open(base + ".csv", "w", newline="") as f:
         fields = list(dict.fromkeys(k for r in rows for k in r)) or ["model"]  # cold rows add columns
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    _markdown(base + ".md", rows, args, command, significance, parts, configs, loaded)
+    _markdown(base + ".md", rows, args, command, significance, parts, configs, notes)
     _plot(base + ".png", rows, published(args))
     print(f"wrote {base}.md/.csv/.json/.png")
 
@@ -571,9 +581,12 @@ def compare_parts(rows, loaded):
     out = {}
     for row in rows:
         name = row["model"]
-        if name not in PARTS or _is_cold(row) or PARTS[name][2] not in by_name:
+        if name not in PARTS or _is_cold(row):
             continue
         part, sign, base = PARTS[name]
+        if base not in by_name:
+            out[name] = {"part": part, "base": base, "no_base": True}
+            continue
         full = by_name[base]
         full_parts, row_parts = ({json.dumps(r.get("parts"), sort_keys=True) for r in loaded.get(n, [])}
                                  for n in (base, name))
@@ -676,7 +689,7 @@ def _fmt_p(test):
 def _main_table(rows, significance, reference):
     cols = METRICS
     paired_with = next((t["baseline"] for t in significance.values()), None)
-    lines = ["| model | seeds | " + " | ".join(cols) + " | valid ndcg@10 | p vs best baseline"
+    lines = ["| model | seeds | " + " | ".join(cols) + f" | valid ndcg@10 | p vs {paired_with or 'best baseline'}"
              + " | best epoch | s/epoch | train s | eval s | peak RSS MB |",
              "|---|---|" + "---|" * (len(cols) + 7)]
     for r in (r for r in rows if not _is_cold(r)):
@@ -718,8 +731,8 @@ def _paired_with_note(significance, best):
     paired_with = next(iter(significance.values()))["baseline"]
     if best is None or paired_with == best["model"]:
         return ""
-    return (f" whose runs kept per-user scores, {paired_with} ({best['model']}'s runs were made before "
-            "per-user scores were recorded: they cannot be paired)")
+    return (f" that has per-user scores, {paired_with} ({best['model']}'s runs have none: made before "
+            "they were recorded, they cannot be paired)")
 
 
 def _parts_lines(parts):
@@ -735,6 +748,10 @@ def _parts_lines(parts):
              "| valid gain | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in parts.items():
+        if t.get("no_base"):
+            lines.append(f"| {t['part']} | {name} | {t['base']} | not compared: {t['base']} has no current "
+                         "runs in this report |" + " - |" * 9)
+            continue
         if t.get("same_model"):
             lines.append(f"| {t['part']} | {name} | {t['base']} | not active on this dataset: the row is the "
                          "same model as the one it is built on |" + " - |" * 9)
@@ -806,7 +823,7 @@ def _config_lines(configs):
     return lines
 
 
-def _markdown(path, rows, args, command, significance, parts, configs, loaded):
+def _markdown(path, rows, args, command, significance, parts, configs, notes):
     from recbole_llm_mtl.provenance import git_state
 
     best = best_baseline(rows)
@@ -824,8 +841,8 @@ def _markdown(path, rows, args, command, significance, parts, configs, loaded):
     lines += _parts_lines(parts)
     lines += _cold_lines(rows)
     lines += _config_lines(configs)
-    if args.left_out:
-        lines += ["", "Left out as stale (the harness would run them again): " + "; ".join(args.left_out) + "."]
+    if notes:
+        lines += ["", "Runs not in the figures as they are, or not checked: " + "; ".join(notes) + "."]
     if args.note:
         lines += ["", f"Note: {args.note}"]
     lines += ["", f"Command: `{command}`  ", f"Table written at commit `{git_state()['commit']}`; runs made at "
@@ -875,7 +892,7 @@ def main(argv=None):
     parser.add_argument("--report_only", action="store_true",
                         help="write the table and plot from finished runs, train nothing")
     parser.add_argument("--rerun_from_json", nargs="+", metavar="FILE",
-                        help="re-make these runs from the config their JSONs recorded, into <out>/runs/rerun/")
+                        help="re-make these runs from the config their JSONs recorded, into <out>/runs/rerun/<source folder>/")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

@@ -17,7 +17,7 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_llm_mtl.build import build
 from recbole_llm_mtl.config import build_config
-from recbole_llm_mtl.data.validate import dataset_files
+from recbole_llm_mtl.data.validate import readable_files
 from recbole_llm_mtl.errors import LLMMTLError
 from recbole_llm_mtl.trainer import make_trainer, plain_config
 
@@ -83,6 +83,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
     logger = getLogger()
     logger.info(config)
 
+    files = readable_files(config)  # before reading: a file added during the run is new to it
     built = build(config, log=logger)
     _, _, train_data, valid_data, test_data, net = built
     trainer = make_trainer(config, net)
@@ -138,7 +139,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
         # which data: a hash of every atomic file read (row order aside)
         "data_fingerprint": getattr(built.dataset, "data_fingerprint", {}),
         # ... and every file it could have read: a file added later may be read by a rerun
-        "data_files": dataset_files(config["data_path"], config["dataset"]),
+        "data_files": files,
         "per_user_ndcg@10": {"valid": valid_users, "test": test_users},
         **cold_warm,
     }

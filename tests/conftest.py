@@ -52,8 +52,8 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-# every task on (the default has L_v alone): tests of the tasks and of leakage use it, so the
-# opt-in user-profile task stays covered
+# every task on (the default trains the behaviour task alone): tests of the tasks and of leakage use it, so the
+# opt-in auxiliary tasks stay covered
 ALL_TASKS = {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.1}
 
 

@@ -87,7 +87,8 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
             in report.stdout)
     data = json.loads((out / "amazon-tiny.json").read_text())
     assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL + L_v w/o user text"}
-    assert len(data["left_out"]) == 2 and "Left out as stale" in (out / "amazon-tiny.md").read_text()
+    assert len(data["run_notes"]) == 2 and all("left out, stale" in n for n in data["run_notes"])
+    assert "Runs not in the figures as they are" in (out / "amazon-tiny.md").read_text()
     third = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert third.returncode == 0, third.stderr[-2000:]
     assert "LLMMTL seed 2020: done earlier, kept" in third.stdout
@@ -221,7 +222,7 @@ def test_rerun_from_json_remakes_the_run(tiny_root, workdir):
                            "--rerun_from_json", str(original)], cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    remade = json.loads((out / "runs" / "rerun" / "BPR-seed2020.json").read_text())
+    remade = json.loads((out / "runs" / "rerun" / "amazon-tiny" / "BPR-seed2020.json").read_text())
     before = json.loads(original.read_text())
     assert remade["config"] == before["config"] | {"checkpoint_dir": remade["config"]["checkpoint_dir"]}
     assert remade["test_result"] == before["test_result"]
@@ -284,21 +285,72 @@ def test_config_report_leaves_out_keys_the_model_never_reads(tiny_root):
 
 
 def test_a_data_file_added_since_the_run_makes_it_stale(tiny_root, tmp_path):
-    """A run records the dataset's files it could read; one added since (a .review file is
-    user text a rerun would read) makes the run stale, named; runs that recorded no file list
-    (made before it was kept) are checked on their fingerprints alone."""
+    """A run records the dataset's files it could read; one added since that the model reads
+    (a .user file; a .review file for LLMMTL, whose user text it is) makes the run stale,
+    named; a file the model never reads (.review for BPR, a README) does not, and runs that
+    recorded no file list (made before it was kept) are checked on their fingerprints alone."""
     import shutil
 
-    from recbole_llm_mtl.benchmark import data_change
-    from recbole_llm_mtl.data.validate import dataset_files, read_atomic_file
+    from recbole_llm_mtl.benchmark import _spec_config, data_change
+    from recbole_llm_mtl.data.validate import read_atomic_file, readable_files
 
     shutil.copytree(os.path.join(tiny_root, "amazon"), tmp_path / "amazon")
-    folder = str(tmp_path / "amazon")
-    was = {f: read_atomic_file(os.path.join(folder, f), "utf-8", "\t").fingerprint() for f in ("amazon.inter", "amazon.item")}
-    files = dataset_files(folder, "amazon")
-    spec = {"model": "BPR", "dataset": "amazon", "checkpoint_dir": str(tmp_path / "ckpt"),
-            "overrides": {"data_path": str(tmp_path), "seed": 2020}}
-    assert data_change(was, spec, files) is None
-    (tmp_path / "amazon" / "amazon.review").write_text("user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq\n")
-    assert data_change(was, spec, files) == f"data changed in {folder}: amazon.review is new since training"
-    assert data_change(was, spec, None) is None
+    folder = tmp_path / "amazon"
+    was = {f: read_atomic_file(str(folder / f), "utf-8", "\t").fingerprint() for f in ("amazon.inter", "amazon.item")}
+    specs = {model: {"model": model, "dataset": "amazon", "checkpoint_dir": str(tmp_path / "ckpt"),
+                     "overrides": {"data_path": str(tmp_path), "seed": 2020}} for model in ("BPR", "LLMMTL")}
+    files = readable_files(_spec_config(specs["BPR"]))
+    assert files == ["amazon.inter", "amazon.item"] and data_change(was, specs["BPR"], files) is None
+    (folder / "amazon.review").write_text("user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq\n")
+    (folder / "amazon.README").write_text("notes")
+    assert data_change(was, specs["BPR"], files) is None
+    assert data_change(was, specs["LLMMTL"], files) == f"data changed in {folder}: amazon.review is new since training"
+    (folder / "amazon.user").write_text("user_id:token\n")
+    assert data_change(was, specs["BPR"], files) == f"data changed in {folder}: amazon.user is new since training"
+    assert data_change(was, specs["BPR"], None) is None
+
+
+def _row(name, ndcg, valid, std=0.001):
+    return {"model": name, "seeds": 3, "ndcg@10": ndcg, "ndcg@10_std": std, "valid_ndcg@10": valid,
+            "valid_ndcg@10_std": std, "best_epoch": 10, "seconds_per_epoch": 1.0, "fit_seconds": 10.0,
+            "eval_seconds": 1.0, "peak_rss_mb": 100.0}
+
+
+def _runs(scores):
+    """Three seeds' records with per-user NDCG@10 (the same for both splits)."""
+    return [{"per_user": {"test": dict(scores), "valid": dict(scores)}, "parts": None}] * 3
+
+
+def test_paired_test_uses_the_best_baseline_that_has_per_user_scores():
+    """FDSA is best by mean but its runs kept no per-user scores: LLMMTL is paired with the
+    best baseline that has them (SASRec), and the report names it."""
+    from recbole_llm_mtl.benchmark import _main_table, _significance_lines, compare_with_best_baseline
+
+    users = [str(u) for u in range(40)]
+    rows = [_row("LLMMTL", 0.07, 0.08), _row("FDSA", 0.06, 0.06), _row("SASRec", 0.05, 0.06), _row("BPR", 0.04, 0.05)]
+    loaded = {"LLMMTL": _runs({u: 0.1 * (int(u) % 3) for u in users}), "FDSA": [{"parts": None}] * 3,
+              "SASRec": _runs({u: 0.05 * (int(u) % 2) for u in users}), "BPR": _runs({u: 0.0 for u in users})}
+    significance = compare_with_best_baseline(rows, loaded)
+    assert set(significance) == {"LLMMTL"} and significance["LLMMTL"]["baseline"] == "SASRec"
+    table = "\n".join(_main_table(rows, significance, {}))
+    assert "| p vs SASRec |" in table and "| SASRec | 3 |" in table.split("(reference)")[0].splitlines()[-1]
+    text = "\n".join(_significance_lines(significance, rows, rows[1]))
+    assert "that has per-user scores, SASRec (FDSA's runs have none" in text
+
+
+def test_a_part_is_measured_against_its_base_row_or_says_it_has_none():
+    """L_u is measured against "+ L_v" (the row it is added to), not full LLMMTL; without the
+    base row in the report the part is listed as not compared, not dropped in silence."""
+    from recbole_llm_mtl.benchmark import _parts_lines, compare_parts
+
+    users = {str(u): 0.05 for u in range(30)}
+    rows = [_row("LLMMTL", 0.060, 0.070), _row("LLMMTL + L_v", 0.064, 0.074), _row("LLMMTL + L_v + L_u", 0.066, 0.075)]
+    loaded = {r["model"]: _runs(users) for r in rows}
+    parts = compare_parts(rows, loaded)
+    assert parts["LLMMTL + L_v"]["base"] == "LLMMTL" and abs(parts["LLMMTL + L_v"]["valid_gain"] - 0.004) < 1e-9
+    assert parts["LLMMTL + L_v + L_u"]["base"] == "LLMMTL + L_v"
+    assert abs(parts["LLMMTL + L_v + L_u"]["valid_gain"] - 0.001) < 1e-9  # not 0.005 (against LLMMTL)
+    parts = compare_parts([rows[0], rows[2]], loaded)
+    assert parts["LLMMTL + L_v + L_u"] == {"part": "L_u (weight 0.1, with L_v)", "base": "LLMMTL + L_v", "no_base": True}
+    assert "not compared: LLMMTL + L_v has no current runs" in "\n".join(_parts_lines(parts))
+

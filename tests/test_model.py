@@ -48,6 +48,8 @@ def test_three_losses_finite_and_decreasing(built):
 def test_ablation_switches_change_losses(tiny_root, cache_dir, overrides, names):
     _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, **overrides)
     assert model.loss_names == names
+    # the k-means labels are made only for an auxiliary task that trains
+    assert (train.dataset.text_features.behavior_labels is None) == (names == ["behavior"])
     losses = model.calculate_loss(next(iter(train)))
     assert len(losses) == len(names) and all(torch.isfinite(l) for l in losses)
     if overrides.get("task_weighting") == "uncertainty":

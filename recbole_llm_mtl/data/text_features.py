@@ -209,27 +209,28 @@ class TextFeatures:
             if user_texts_up_front:  # training reads them all; serving encodes what it scores
                 self.user_texts.prepare(rows_of=train)
 
-        # ---- semantic labels of items, for the auxiliary tasks (k-means costs seconds: only
-        # when one of them trains; they draw no torch random numbers, so skipping them changes nothing else)
-        self.content_labels = self.behavior_labels = torch.zeros(self.n_items, 0)
-        self.tag_names = []
-        if any(float(w) > 0 for task, w in (config["task_weights"] or {}).items() if task != "behavior"):
-            self._labels(config, train, rows)
+        # ---- semantic labels of items, for the auxiliary tasks: made when a task first asks
+        # (k-means costs seconds; they draw no torch random numbers, so when they are made
+        # changes nothing else)
+        self.tags, self.tag_names = multi_hot(train, train.item_feat, config["tag_fields"] or [],
+                                              config["tag_min_count"], config["tag_max_share"]) \
+            if train.item_feat is not None else (torch.zeros(self.n_items, 0), [])
+        self._cluster_inputs = (rows, config["seed"], list(config["text_clusters"] or []),
+                                list(config["behavior_clusters"] or []))
+        self.content_labels = self.behavior_labels = None
         self.seconds = time.perf_counter() - started
 
-    def _labels(self, config, train, rows):
+    def _make_labels(self):
         """Content labels (item tags, else k-means over the text vectors) and behaviour clusters."""
-        seed = config["seed"]
-        tags, self.tag_names = multi_hot(train, train.item_feat, config["tag_fields"] or [],
-                                         config["tag_min_count"], config["tag_max_share"]) \
-            if train.item_feat is not None else (torch.zeros(self.n_items, 0), [])
-        if tags.size(1) == 0 and self.use_text and config["text_clusters"]:
-            tags = text_clusters(self.item_text, self.item_text_empty, config["text_clusters"], seed)
+        rows, seed, text_sizes, behavior_sizes = self._cluster_inputs
+        tags = self.tags
+        if tags.size(1) == 0 and self.use_text and text_sizes:
+            tags = text_clusters(self.item_text, self.item_text_empty, text_sizes, seed)
             self.tag_names = [f"text-cluster-{k}" for k in range(tags.size(1))]
             logger.info(f"no item tags: {tags.size(1)} semantic labels from k-means over the text vectors "
-                        f"(granularities {list(config['text_clusters'])})")
+                        f"(granularities {text_sizes})")
         self.content_labels = tags
-        self.behavior_labels = behavior_clusters(rows, self.seen, config["behavior_clusters"] or [], seed)
+        self.behavior_labels = behavior_clusters(rows, self.seen, behavior_sizes, seed)
 
     @staticmethod
     def _view_empty(name, texts, n_views):
@@ -270,6 +271,8 @@ class TextFeatures:
     @property
     def item_labels(self):
         """Content labels (tags or text clusters) then behaviour clusters, per item."""
+        if self.content_labels is None:
+            self._make_labels()
         return torch.cat([self.content_labels, self.behavior_labels], dim=1)
 
     @property

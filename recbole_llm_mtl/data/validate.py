@@ -36,13 +36,17 @@ class AtomicFile(namedtuple("AtomicFile", "path names types rows lines")):
         return {"sha256": h.hexdigest(), "rows": len(self.rows)}
 
 
-def dataset_files(folder, dataset):
-    """The dataset's atomic files in ``folder`` (``<dataset>.<suffix>``), sorted: what a run
-    could read there, recorded beside the fingerprints of what it did read."""
-    if not os.path.isdir(folder):
-        return []
-    return sorted(f for f in os.listdir(folder)
-                  if f.startswith(dataset + ".") and os.path.isfile(os.path.join(folder, f)))
+def readable_files(config):
+    """The dataset's atomic files in its folder that a run of ``config`` could read, sorted:
+    RecBole's suffixes and ``additional_feat_suffix``, and ``.review`` where the model reads
+    user reviews (LLMMTL). Recorded beside the fingerprints of what the run did read, so a
+    file added later (new user text) shows; a README or a backup beside them does not."""
+    suffixes = {"inter", "user", "item", "kg", "link", "net", *(config["additional_feat_suffix"] or [])}
+    if config["user_reviews"] and config["user_text"] is not False:
+        suffixes.add("review")
+    folder = config["data_path"]
+    names = [f"{config['dataset']}.{suffix}" for suffix in suffixes]
+    return sorted(name for name in names if os.path.isfile(os.path.join(folder, name)))
 
 
 def fingerprint_changes(saved, current):

@@ -46,7 +46,7 @@ from recbole_llm_mtl.model.layers import (
     UserProfileExtractor,
     causal_mean,
 )
-from recbole_llm_mtl.model.tasks import BehaviorTask, ItemSemanticsTask, Step, UserProfileTask
+from recbole_llm_mtl.model.tasks import BehaviorTask, ItemSemanticsTask, Step, UserProfileTask, auxiliary_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -111,17 +111,17 @@ class LLMMTL(SequentialRecommender):
                                        config["temperature"], config["normalize_scores"])
 
         # ---- tasks: named heads, each with its targets and loss ----
-        labels = features.item_labels
         tasks = {"behavior": BehaviorTask(features.seen, self.behavior_loss, self.neg_samples,
                                           self.label_smoothing)}
-        for name, make in (("user_profile", lambda: UserProfileTask(self.hidden_size, labels, self.profile_horizon)),
-                           ("item_semantics", lambda: ItemSemanticsTask(self.hidden_size, labels))):
-            if float(weights.get(name, 0)) > 0:
-                if labels.size(1) == 0:
-                    logger.warning(f"no semantic labels for the {name} task (no tags, text clusters or "
-                                   "behaviour clusters); task disabled")
-                    continue
-                tasks[name] = make()
+        makers = {"user_profile": lambda labels: UserProfileTask(self.hidden_size, labels, self.profile_horizon),
+                  "item_semantics": lambda labels: ItemSemanticsTask(self.hidden_size, labels)}
+        for name in auxiliary_tasks(weights):
+            labels = features.item_labels  # made on first use: k-means costs seconds
+            if labels.size(1) == 0:
+                logger.warning(f"no semantic labels for the {name} task (no tags, text clusters or "
+                               "behaviour clusters); task disabled")
+                continue
+            tasks[name] = makers[name](labels)
         self.tasks = nn.ModuleDict(tasks)
         self.loss_names = list(self.tasks)
         self.weighting = TaskWeighting([float(weights.get(n, 0)) for n in self.loss_names], self.task_weighting)

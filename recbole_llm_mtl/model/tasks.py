@@ -94,3 +94,8 @@ class ItemSemanticsTask(nn.Module):
 
 
 TASKS = {t.name: t for t in (BehaviorTask, UserProfileTask, ItemSemanticsTask)}
+
+
+def auxiliary_tasks(weights):
+    """The auxiliary tasks a ``task_weights`` value trains (weight above 0), in ``TASKS`` order."""
+    return [name for name in TASKS if name != "behavior" and float((weights or {}).get(name, 0)) > 0]

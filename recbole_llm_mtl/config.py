@@ -118,12 +118,12 @@ class LLMConfig(Config):
         return self._convert_config_dict(dict(self._cmd_overrides))
 
     def _load_config_files(self, file_list):
-        try:
-            return super()._load_config_files(file_list)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"YAML syntax error in config file: {e}") from e
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file not found: {e.filename}") from e
+        """As RecBole reads them (its YAML loader), through :func:`read_yaml`: a file of
+        comments only is empty, not a crash inside RecBole."""
+        merged = {}
+        for path in file_list or []:
+            merged.update(read_yaml(path, self.yaml_loader))
+        return merged
 
     def _init_device(self):
         """RecBole hard-codes NCCL for multi-process runs; CPUs need gloo."""
@@ -149,6 +149,23 @@ class LLMConfig(Config):
             local = os.path.join("dataset", self.dataset)
             self.final_config_dict["data_path"] = "dataset" if os.path.isdir(local) else DATASET_DIR
         super()._set_default_parameters()
+
+
+def read_yaml(path, loader=yaml.SafeLoader):
+    """One config file as a dict: empty (or comments only) is {}; a syntax error, a missing
+    file or a file that is not ``key: value`` lines is one ConfigError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f.read(), Loader=loader)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"YAML syntax error in {path}: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a {type(data).__name__}; a config file holds `key: value` lines")
+    return data
 
 
 def yaml_files(model_name, dataset):
@@ -188,14 +205,7 @@ def build_config(model, dataset, config_file_list=None, config_dict=None, cmd_ov
     model_class = get_model_class(model)
     user_files = list(config_file_list or [])
     for f in user_files:
-        if not os.path.isfile(f):
-            raise ConfigError(f"config file '{f}' not found")
-    for f in user_files:
-        with open(f, encoding="utf-8") as fh:
-            try:
-                warn_unknown_keys(yaml.safe_load(fh) or {}, f)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"YAML syntax error in {f}: {e}") from e
+        warn_unknown_keys(read_yaml(f), f)
     warn_unknown_keys(cmd_overrides or {}, "the command line")
     files = ([] if recorded else yaml_files(model_class.__name__, dataset)) + user_files
     config = LLMConfig(model=model_class, dataset=dataset, config_file_list=files,

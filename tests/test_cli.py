@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from conftest import ROOT, build, tiny_overrides
+from recbole_llm_mtl.benchmark import RUNS
 from recbole_llm_mtl.config import build_config, get_model_class
 from recbole_llm_mtl.errors import ConfigError
 from recbole_llm_mtl.quick_start import run
@@ -115,6 +116,28 @@ def test_bad_values_are_reported(tiny_root, cache_dir):
         build("LLMMTL", tiny_root, cache_dir, task_weights={"behavior": 1.0, "user_profile": -1})
     with pytest.raises(ConfigError, match="llm_path '/no/such/model'"):
         build("LLMMTL", tiny_root, cache_dir, llm_path="/no/such/model")
+
+
+def test_comment_only_yaml_is_empty_and_a_list_is_named(tmp_path, tiny_root):
+    """A YAML of comments only (LightGCN.yaml, once its tuned values moved to
+    LightGCN-amazon.yaml) crashed inside RecBole (update(None)); it is an empty config. A file
+    that is not key: value lines is one ConfigError naming it."""
+    notes = tmp_path / "notes.yaml"
+    notes.write_text("# nothing set here yet\n")
+    config = build_config("SASRec", "amazon", [str(notes)], config_dict={"data_path": tiny_root})
+    assert config["hidden_size"] == 128  # SASRec-amazon.yaml still read
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- learning_rate: 0.01\n")
+    with pytest.raises(ConfigError, match=f"{listed} holds a list"):
+        build_config("SASRec", "amazon", [str(listed)], config_dict={"data_path": tiny_root})
+
+
+@pytest.mark.parametrize("model", sorted({spec[0] for spec in RUNS.values()}))
+def test_every_benchmark_model_resolves_its_yaml_files(model, tiny_root):
+    """Each model the harness runs gets a config from our YAML files (a file of comments only,
+    as LightGCN.yaml is, included)."""
+    config = build_config(model, "amazon", config_dict={"data_path": tiny_root})
+    assert config["model"] == model and config["eval_args"]["mode"]["test"] == "full"
 
 
 def test_yaml_typo_is_reported(tmp_path, tiny_root):

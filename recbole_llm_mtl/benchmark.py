@@ -506,6 +506,7 @@ def summarize(args):
     command = "python -m recbole_llm_mtl.benchmark " + " ".join(
         a if " " not in a else repr(a) for a in sys.argv[1:] if a != "--report_only")
     base = os.path.join(args.out, _runs_name(args))
+    os.makedirs(args.out, exist_ok=True)  # --report_only into a new folder
     with open(base + ".json", "w") as f:
         json.dump({"rows": rows, "significance": significance, "parts": parts, "configs": configs,
                    "run_notes": notes, "published": published(args),

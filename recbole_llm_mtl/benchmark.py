@@ -44,6 +44,7 @@ SEEDS = [2020, 2021, 2022]
 # and reach its row without an override here; amazon.md lists, per row, what the model YAMLs set
 # and how the resolved config differs from the model's defaults. Shared protocol:
 # properties/overall.yaml (MAX_ITEM_LIST_LENGTH 20, early stopping patience 10).
+WITH_L_V = {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}  # the default of sessions 8-10
 RUNS = {
     "LLMMTL": ("LLMMTL", {}, SEEDS),
     "SASRec": ("SASRec", {}, SEEDS),
@@ -55,11 +56,10 @@ RUNS = {
     # the default is the behaviour loss alone: L_u and L_v did not clear the parts rule on valid
     # (tuning log, sessions 8 and 10), so they are parts one adds. "+ L_v" is the default of
     # sessions 8-10; the rows built on it measure a part against it (PARTS names the base row)
-    "LLMMTL + L_v": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1}}, SEEDS),
-    "LLMMTL + L_v + L_u": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.1, "item_semantics": 0.1}}, SEEDS),
+    "LLMMTL + L_v": ("LLMMTL", {"task_weights": WITH_L_V}, SEEDS),
+    "LLMMTL + L_v + L_u": ("LLMMTL", {"task_weights": {**WITH_L_V, "user_profile": 0.1}}, SEEDS),
     "LLMMTL w/o user text": ("LLMMTL", {"user_text": False}, SEEDS),
-    "LLMMTL + L_v w/o user text": ("LLMMTL", {"task_weights": {"behavior": 1.0, "user_profile": 0.0, "item_semantics": 0.1},
-                                              "user_text": False}, SEEDS),
+    "LLMMTL + L_v w/o user text": ("LLMMTL", {"task_weights": WITH_L_V, "user_text": False}, SEEDS),
     "LLMMTL + recent titles as user text": ("LLMMTL", {"user_text": True, "user_recent_titles": True}, SEEDS),
     "LLMMTL scorer: dot": ("LLMMTL", {"scorer": "dot"}, SEEDS),
     "LLMMTL text only (no ID)": ("LLMMTL", {"item_id_embedding": False}, SEEDS),
@@ -556,7 +556,7 @@ def compare_with_best_baseline(rows, loaded):
 
 
 # LLMMTL variants as parts: row -> (the part, +1 if the row removes it, -1 if it adds it,
-# the row it is measured against: full LLMMTL unless named)
+# the row it is measured against: the one it differs from by that part alone)
 PARTS = {
     "LLMMTL w/o user text": ("user text", 1, "LLMMTL"),
     "LLMMTL + L_v w/o user text": ("user text (with L_v)", 1, "LLMMTL + L_v"),
@@ -570,8 +570,8 @@ PARTS = {
 
 
 def compare_parts(rows, loaded):
-    """What each part adds: mean NDCG@10 with the part minus without it (the part's base row,
-    full LLMMTL unless ``PARTS`` names another, against the row that removes or adds it), on
+    """What each part adds: mean NDCG@10 with the part minus without it (the part's base row
+    in ``PARTS``, against the row that removes or adds it), on
     test and on valid (where decisions are taken), against seed noise (the bar: above twice
     the larger seed standard deviation of the two rows) and as a paired test over users. A row
     whose runs used the same parts as its base (recorded by the model: e.g. user text on a
@@ -719,7 +719,8 @@ def _significance_lines(significance, rows, best):
     lines += ["", "## Paired test over users", "",
               "Test NDCG@10 per user (averaged over the row's seeds), each row against the best baseline on "
               "the same users" + _paired_with_note(significance, best) + ": mean difference, its 95% "
-              "paired-bootstrap interval and the two-sided Wilcoxon signed-rank p-value (users scored equally by both, mostly both zero, are left out of it).", "",
+              "paired-bootstrap interval and the two-sided Wilcoxon signed-rank p-value (users scored "
+              "equally by both, mostly both zero, are left out of it).", "",
               "| row | vs | users | mean difference | 95% CI | Wilcoxon p |", "|---|---|---|---|---|---|"]
     for name, t in significance.items():
         lines.append(f"| {name} | {t['baseline']} | {t['users']} | {t['mean_diff']:+.4f} | "
@@ -741,10 +742,10 @@ def _parts_lines(parts):
         return []
     lines = ["", "## What each part adds", "",
              "Mean NDCG@10 with the part minus without it (the row that adds or removes it against the "
-             "row it is built on: full LLMMTL unless named): a part earns its place when the gain is above "
-             "twice the larger seed standard deviation of the two rows; the paired test over users (per-user means over seeds; bootstrap interval, "
-             "Wilcoxon p) is the finer look. Decisions read the valid columns; the test columns are the "
-             "final measurement.", "",
+             "row it is built on, named in the 'against' column): a part earns its place when the gain "
+             "is above twice the larger seed standard deviation of the two rows; the paired test over "
+             "users (per-user means over seeds; bootstrap interval, Wilcoxon p) is the finer look. "
+             "Decisions read the valid columns; the test columns are the final measurement.", "",
              "| part | row | against | test gain | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p "
              "| valid gain | 2 x seed std | beyond 2 std | 95% CI (users) | Wilcoxon p |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -893,7 +894,8 @@ def main(argv=None):
     parser.add_argument("--report_only", action="store_true",
                         help="write the table and plot from finished runs, train nothing")
     parser.add_argument("--rerun_from_json", nargs="+", metavar="FILE",
-                        help="re-make these runs from the config their JSONs recorded, into <out>/runs/rerun/<source folder>/")
+                        help="re-make these runs from the config their JSONs recorded, "
+                             "into <out>/runs/rerun/<source folder>/")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

@@ -323,7 +323,8 @@ def data_change(was, spec, files=None):
     in the folder ``spec`` reads, and which of the dataset's files are new there since the run
     (``files``: the ones it could read then; a new ``.review`` is user text a rerun reads), or
     None (runs made before fingerprints, or file lists, were recorded pass that check)."""
-    from recbole_llm_mtl.data.validate import fingerprint_changes, read_atomic_file, readable_files
+    from recbole_llm_mtl.data.dataset import readable_files
+    from recbole_llm_mtl.data.validate import fingerprint_changes, read_atomic_file
 
     if not was and files is None:
         return None

@@ -338,7 +338,6 @@ def plugin_only_keys():
     return frozenset(k for rules in MODEL_RULES.values() for k in rules) - recbole_keys
 
 
-
 def keys_not_read_by(model_name):
     """Config keys that ``model_name`` never reads: none for our models, ours for RecBole's."""
     return frozenset() if model_name in MODEL_RULES else plugin_only_keys()

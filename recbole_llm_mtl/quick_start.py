@@ -17,7 +17,7 @@ from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_llm_mtl.build import build
 from recbole_llm_mtl.config import build_config
-from recbole_llm_mtl.data.validate import readable_files
+from recbole_llm_mtl.data.dataset import readable_files
 from recbole_llm_mtl.errors import LLMMTLError
 from recbole_llm_mtl.trainer import make_trainer, plain_config
 

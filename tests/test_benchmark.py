@@ -292,7 +292,8 @@ def test_a_data_file_added_since_the_run_makes_it_stale(tiny_root, tmp_path):
     import shutil
 
     from recbole_llm_mtl.benchmark import _spec_config, data_change
-    from recbole_llm_mtl.data.validate import read_atomic_file, readable_files
+    from recbole_llm_mtl.data.dataset import readable_files
+    from recbole_llm_mtl.data.validate import read_atomic_file
 
     shutil.copytree(os.path.join(tiny_root, "amazon"), tmp_path / "amazon")
     folder = tmp_path / "amazon"

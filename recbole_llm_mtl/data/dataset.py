@@ -10,6 +10,7 @@ import torch
 from recbole.data.dataset import SequentialDataset
 from recbole.utils import FeatureSource, FeatureType, ModelType
 
+from recbole_llm_mtl.data.user_text import review_path
 from recbole_llm_mtl.data.validate import read_atomic_file
 from recbole_llm_mtl.errors import DataError
 
@@ -260,3 +261,15 @@ def recbole_dataset_class(config):
 def with_atomic_reader(dataset_class):
     """``dataset_class`` reading its files with :class:`AtomicReaderMixin`."""
     return type(dataset_class.__name__, (AtomicReaderMixin, dataset_class), {"__module__": __name__})
+
+
+def readable_files(config):
+    """The dataset's atomic files in its folder that a run of ``config`` could read, sorted:
+    RecBole's suffixes and ``additional_feat_suffix``, and ``.review`` where the model reads
+    user reviews (LLMMTL). Recorded beside the fingerprints of what the run did read, so a
+    file added later (new user text) shows; a README or a backup beside them does not."""
+    suffixes = {"inter", "user", "item", "kg", "link", "net", *(config["additional_feat_suffix"] or [])}
+    paths = [os.path.join(config["data_path"], f"{config['dataset']}.{suffix}") for suffix in suffixes]
+    if config["user_reviews"] and config["user_text"] is not False:
+        paths.append(review_path(config))
+    return sorted(os.path.basename(p) for p in paths if os.path.isfile(p))

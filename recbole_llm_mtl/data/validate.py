@@ -36,19 +36,6 @@ class AtomicFile(namedtuple("AtomicFile", "path names types rows lines")):
         return {"sha256": h.hexdigest(), "rows": len(self.rows)}
 
 
-def readable_files(config):
-    """The dataset's atomic files in its folder that a run of ``config`` could read, sorted:
-    RecBole's suffixes and ``additional_feat_suffix``, and ``.review`` where the model reads
-    user reviews (LLMMTL). Recorded beside the fingerprints of what the run did read, so a
-    file added later (new user text) shows; a README or a backup beside them does not."""
-    suffixes = {"inter", "user", "item", "kg", "link", "net", *(config["additional_feat_suffix"] or [])}
-    if config["user_reviews"] and config["user_text"] is not False:
-        suffixes.add("review")
-    folder = config["data_path"]
-    names = [f"{config['dataset']}.{suffix}" for suffix in suffixes]
-    return sorted(name for name in names if os.path.isfile(os.path.join(folder, name)))
-
-
 def fingerprint_changes(saved, current):
     """What differs between two {file name: fingerprint} maps: the files a run or checkpoint
     read (``saved``) and the same folder's files now (``current``), one phrase per file."""

@@ -53,13 +53,15 @@ RUNS = {
     "FDSA": ("FDSA", {}, SEEDS),
     "BPR": ("BPR", {}, SEEDS),
     "LightGCN": ("LightGCN", {}, SEEDS),
-    # the default is the behaviour loss alone: L_u and L_v did not clear the parts rule on valid
-    # (tuning log, sessions 8 and 10), so they are parts one adds. "+ L_v" is the default of
-    # sessions 8-10; the rows built on it measure a part against it (PARTS names the base row)
+    # the default is the behaviour loss alone, without user text: L_u, L_v and user text did not
+    # clear the parts rule on valid (tuning log, sessions 8-12), so they are parts one adds.
+    # "+ user text + L_v" is the default of sessions 8-10; the rows built on a part row measure
+    # the next part against it (PARTS names the base row)
+    "LLMMTL + user text": ("LLMMTL", {"user_text": "auto"}, SEEDS),
     "LLMMTL + L_v": ("LLMMTL", {"task_weights": WITH_L_V}, SEEDS),
-    "LLMMTL + L_v + L_u": ("LLMMTL", {"task_weights": {**WITH_L_V, "user_profile": 0.1}}, SEEDS),
-    "LLMMTL w/o user text": ("LLMMTL", {"user_text": False}, SEEDS),
-    "LLMMTL + L_v w/o user text": ("LLMMTL", {"task_weights": WITH_L_V, "user_text": False}, SEEDS),
+    "LLMMTL + user text + L_v": ("LLMMTL", {"task_weights": WITH_L_V, "user_text": "auto"}, SEEDS),
+    "LLMMTL + user text + L_v + L_u": ("LLMMTL", {"task_weights": {**WITH_L_V, "user_profile": 0.1},
+                                                   "user_text": "auto"}, SEEDS),
     "LLMMTL + recent titles as user text": ("LLMMTL", {"user_text": True, "user_recent_titles": True}, SEEDS),
     "LLMMTL scorer: dot": ("LLMMTL", {"scorer": "dot"}, SEEDS),
     "LLMMTL text only (no ID)": ("LLMMTL", {"item_id_embedding": False}, SEEDS),
@@ -559,11 +561,11 @@ def compare_with_best_baseline(rows, loaded):
 # LLMMTL variants as parts: row -> (the part, +1 if the row removes it, -1 if it adds it,
 # the row it is measured against: the one it differs from by that part alone)
 PARTS = {
-    "LLMMTL w/o user text": ("user text", 1, "LLMMTL"),
-    "LLMMTL + L_v w/o user text": ("user text (with L_v)", 1, "LLMMTL + L_v"),
-    "LLMMTL + recent titles as user text": ("recent titles in user text", -1, "LLMMTL"),
+    "LLMMTL + user text": ("user text", -1, "LLMMTL"),
+    "LLMMTL + recent titles as user text": ("recent titles as user text", -1, "LLMMTL"),
     "LLMMTL + L_v": ("L_v (weight 0.1)", -1, "LLMMTL"),
-    "LLMMTL + L_v + L_u": ("L_u (weight 0.1, with L_v)", -1, "LLMMTL + L_v"),
+    "LLMMTL + user text + L_v": ("L_v (weight 0.1, with user text)", -1, "LLMMTL + user text"),
+    "LLMMTL + user text + L_v + L_u": ("L_u (weight 0.1, with user text and L_v)", -1, "LLMMTL + user text + L_v"),
     "LLMMTL scorer: dot": ("MLP scorer (against dot)", 1, "LLMMTL"),
     "LLMMTL text only (no ID)": ("item ID embedding", 1, "LLMMTL"),
     "LLMMTL ID only (no text)": ("item text", 1, "LLMMTL"),

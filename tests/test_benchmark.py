@@ -13,7 +13,7 @@ from conftest import ROOT
 def test_harness_tiny_and_resumable(tiny_root, workdir):
     out = workdir / "results"
     cmd = [sys.executable, "-m", "recbole_llm_mtl.benchmark", "--dataset", "amazon", "--tiny", "--data_path", tiny_root,
-           "--models", "LLMMTL", "LLMMTL + L_v", "LLMMTL + L_v w/o user text", "BPR", "--max_seeds", "1",
+           "--models", "LLMMTL", "LLMMTL + L_v", "LLMMTL + user text", "BPR", "--max_seeds", "1",
            "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=ROOT)
     first = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
@@ -24,7 +24,7 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     table = (out / "amazon-tiny.md").read_text()
     assert "| LLMMTL | 1 |" in table and "| BPR | 1 |" in table and "VQ-Rec (published, not re-run)" in table
     data = json.loads((out / "amazon-tiny.json").read_text())
-    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL + L_v", "LLMMTL + L_v w/o user text", "BPR"}
+    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL + L_v", "LLMMTL + user text", "BPR"}
     assert data["commit"]
     # what the left-out part adds: full minus ablation, paired over the same users
     part = data["parts"]["LLMMTL + L_v"]  # an added part: the row with it against full LLMMTL
@@ -35,11 +35,10 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert part["valid_beyond_2std"] is None and part["valid_users"] == 300
     assert abs(part["valid_gain"] - part["valid_mean_diff"]) < 1e-4 and part["valid_gain"] != part["gain"]
     assert "## What each part adds" in table and "| L_v (weight 0.1) | LLMMTL + L_v | LLMMTL | " in table
-    # the slice has no profile fields or reviews: "+ L_v w/o user text" is the row it is built
-    # on ("+ L_v", not full LLMMTL: that one differs by L_v), and says so
-    assert data["parts"]["LLMMTL + L_v w/o user text"] == {"part": "user text (with L_v)", "base": "LLMMTL + L_v",
-                                                           "same_model": True}
-    assert "| user text (with L_v) | LLMMTL + L_v w/o user text | LLMMTL + L_v | not active on this dataset" in table
+    # the slice has no profile fields or reviews: "+ user text" (read where the dataset has
+    # some) computes what LLMMTL does, and the table says so instead of a gain
+    assert data["parts"]["LLMMTL + user text"] == {"part": "user text", "base": "LLMMTL", "same_model": True}
+    assert "| user text | LLMMTL + user text | LLMMTL | not active on this dataset" in table
     assert "| part | row | against | test gain |" in table and "| valid gain |" in table
     _check_provenance(out / "runs" / "amazon-tiny" / "LLMMTL-seed2020.json")
     # the paired test over users: LLMMTL against the only (so the best) baseline
@@ -86,7 +85,7 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert ("BPR seed 2020: stale (config changed: learning_rate 0.123 -> 0.001); left out of the report"
             in report.stdout)
     data = json.loads((out / "amazon-tiny.json").read_text())
-    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL + L_v w/o user text"}
+    assert {r["model"] for r in data["rows"]} == {"LLMMTL", "LLMMTL + user text"}
     assert len(data["run_notes"]) == 2 and all("left out, stale" in n for n in data["run_notes"])
     assert "Runs not in the figures as they are" in (out / "amazon-tiny.md").read_text()
     third = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
@@ -286,7 +285,7 @@ def test_config_report_leaves_out_keys_the_model_never_reads(tiny_root):
 
 def test_a_data_file_added_since_the_run_makes_it_stale(tiny_root, tmp_path):
     """A run records the dataset's files it could read; one added since that the model reads
-    (a .user file; a .review file for LLMMTL, whose user text it is) makes the run stale,
+    (a .user file; a .review file for LLMMTL reading user text) makes the run stale,
     named; a file the model never reads (.review for BPR, a README) does not, and runs that
     recorded no file list (made before it was kept) are checked on their fingerprints alone."""
     import shutil
@@ -300,12 +299,16 @@ def test_a_data_file_added_since_the_run_makes_it_stale(tiny_root, tmp_path):
     was = {f: read_atomic_file(str(folder / f), "utf-8", "\t").fingerprint() for f in ("amazon.inter", "amazon.item")}
     specs = {model: {"model": model, "dataset": "amazon", "checkpoint_dir": str(tmp_path / "ckpt"),
                      "overrides": {"data_path": str(tmp_path), "seed": 2020}} for model in ("BPR", "LLMMTL")}
+    with_text = {**specs["LLMMTL"]["overrides"], "user_text": "auto"}
+    specs["LLMMTL + user text"] = {**specs["LLMMTL"], "overrides": with_text}
     files = readable_files(_spec_config(specs["BPR"]))
     assert files == ["amazon.inter", "amazon.item"] and data_change(was, specs["BPR"], files) is None
     (folder / "amazon.review").write_text("user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq\n")
     (folder / "amazon.README").write_text("notes")
     assert data_change(was, specs["BPR"], files) is None
-    assert data_change(was, specs["LLMMTL"], files) == f"data changed in {folder}: amazon.review is new since training"
+    assert data_change(was, specs["LLMMTL + user text"], files) == \
+        f"data changed in {folder}: amazon.review is new since training"
+    assert data_change(was, specs["LLMMTL"], files) is None  # user_text: False (the default) reads no .review
     (folder / "amazon.user").write_text("user_id:token\n")
     assert data_change(was, specs["BPR"], files) == f"data changed in {folder}: amazon.user is new since training"
     assert data_change(was, specs["BPR"], None) is None
@@ -340,18 +343,20 @@ def test_paired_test_uses_the_best_baseline_that_has_per_user_scores():
 
 
 def test_a_part_is_measured_against_its_base_row_or_says_it_has_none():
-    """L_u is measured against "+ L_v" (the row it is added to), not full LLMMTL; without the
+    """L_u is measured against "+ user text + L_v" (the row it is added to), not LLMMTL; without the
     base row in the report the part is listed as not compared, not dropped in silence."""
     from recbole_llm_mtl.benchmark import _parts_lines, compare_parts
 
     users = {str(u): 0.05 for u in range(30)}
-    rows = [_row("LLMMTL", 0.060, 0.070), _row("LLMMTL + L_v", 0.064, 0.074), _row("LLMMTL + L_v + L_u", 0.066, 0.075)]
+    rows = [_row("LLMMTL", 0.060, 0.070), _row("LLMMTL + user text + L_v", 0.064, 0.074),
+            _row("LLMMTL + user text + L_v + L_u", 0.066, 0.075)]
     loaded = {r["model"]: _runs(users) for r in rows}
     parts = compare_parts(rows, loaded)
-    assert parts["LLMMTL + L_v"]["base"] == "LLMMTL" and abs(parts["LLMMTL + L_v"]["valid_gain"] - 0.004) < 1e-9
-    assert parts["LLMMTL + L_v + L_u"]["base"] == "LLMMTL + L_v"
-    assert abs(parts["LLMMTL + L_v + L_u"]["valid_gain"] - 0.001) < 1e-9  # not 0.005 (against LLMMTL)
+    lu = "LLMMTL + user text + L_v + L_u"
+    assert parts[lu]["base"] == "LLMMTL + user text + L_v"
+    assert abs(parts[lu]["valid_gain"] - 0.001) < 1e-9  # not 0.005 (against LLMMTL)
     parts = compare_parts([rows[0], rows[2]], loaded)
-    assert parts["LLMMTL + L_v + L_u"] == {"part": "L_u (weight 0.1, with L_v)", "base": "LLMMTL + L_v", "no_base": True}
-    assert "not compared: LLMMTL + L_v has no current runs" in "\n".join(_parts_lines(parts))
+    assert parts[lu] == {"part": "L_u (weight 0.1, with user text and L_v)", "base": "LLMMTL + user text + L_v",
+                         "no_base": True}
+    assert "not compared: LLMMTL + user text + L_v has no current runs" in "\n".join(_parts_lines(parts))
 

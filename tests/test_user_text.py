@@ -61,7 +61,7 @@ def _check_rows(model, ds, batch, last_only):
 
 
 def test_user_text_holds_only_the_past(review_root, cache_dir):
-    config, train, valid, test, model = build("LLMMTL", review_root, cache_dir, user_recent_titles=True)
+    config, train, valid, test, model = build("LLMMTL", review_root, cache_dir, user_text=True, user_recent_titles=True)
     assert model.user_texts is not None and model.user_texts.reviews
     ds = train._dataset
     n = sum(_check_rows(model, ds, batch, last_only=False) for batch in list(train)[:3])
@@ -88,7 +88,7 @@ def test_query_reads_user_text(tiny_root, cache_dir):
 
 def test_default_user_text_is_reviews_without_titles(review_root, cache_dir):
     """``user_recent_titles: False`` (the default): the reviews of the recent items, no titles."""
-    _, train, _, _, model = build("LLMMTL", review_root, cache_dir)
+    _, train, _, _, model = build("LLMMTL", review_root, cache_dir, user_text=True)
     texts = [t for t in map(model.user_texts.text, list(model.user_texts.rows)[:200]) if t]
     assert len(texts) > 50 and all(t.startswith("Review: rvw") for t in texts)
     assert not any("Recently:" in t for t in texts)
@@ -97,7 +97,7 @@ def test_default_user_text_is_reviews_without_titles(review_root, cache_dir):
 def test_user_text_reads_the_last_k_items_newest_first(review_root, cache_dir):
     """At every position the recent titles are the last ``user_history_items`` items up to
     it, newest first: all of them while the history is shorter than that."""
-    _, train, _, _, model = build("LLMMTL", review_root, cache_dir, user_recent_titles=True)
+    _, train, _, _, model = build("LLMMTL", review_root, cache_dir, user_text=True, user_recent_titles=True)
     texts, batch = model.user_texts, next(iter(train))
     seqs, k = batch["item_id_list"].tolist(), texts.k
     assert k == 3 and texts.sources() == ["reviews", "recent titles"]
@@ -111,7 +111,8 @@ def test_user_text_reads_the_last_k_items_newest_first(review_root, cache_dir):
 
 def test_no_history_items_means_no_reviews(review_root, cache_dir):
     """``user_history_items: 0`` reads no item's review or title (not all of them)."""
-    _, train, _, _, model = build("LLMMTL", review_root, cache_dir, user_history_items=0, user_recent_titles=True)
+    _, train, _, _, model = build("LLMMTL", review_root, cache_dir, user_text=True, user_history_items=0,
+                                  user_recent_titles=True)
     keys = [k for _, _, k in model.user_texts.position_keys(next(iter(train)))]
     assert keys and not any(k[1] or k[2] for k in keys) and model.user_texts.sources() == []
 
@@ -126,8 +127,10 @@ def test_forced_user_text_with_nothing_to_read_stops(tiny_root, cache_dir):
 def test_auto_reads_user_text_where_the_dataset_has_its_own(tiny_root, review_root, cache_dir):
     """``user_text: auto``: on with a .review file (or profile fields), off where the only
     user text would be titles the history already holds (the amazon slice)."""
-    assert build("LLMMTL", tiny_root, cache_dir)[-1].user_texts is None
-    assert build("LLMMTL", review_root, cache_dir)[-1].user_texts.reviews
+    assert build("LLMMTL", tiny_root, cache_dir, user_text="auto")[-1].user_texts is None
+    assert build("LLMMTL", review_root, cache_dir, user_text="auto")[-1].user_texts.reviews
+    # the default is off (it did not clear the parts rule on valid): a .review file is not read
+    assert build("LLMMTL", review_root, cache_dir)[-1].user_texts is None
 
 
 def test_user_text_off_builds_no_table(tiny_root, cache_dir):
@@ -167,7 +170,7 @@ def test_fine_tuned_model_keeps_user_text_vectors_as_loaded(review_root, cache_d
     vectors of the model as loaded (README): a text first met at validation must not be
     encoded by the half-trained model, or valid keys would carry the vectors of whichever
     epoch met them first."""
-    over = dict(train_batch_size=16, task_weights={"behavior": 1.0})
+    over = dict(train_batch_size=16, task_weights={"behavior": 1.0}, user_text=True)
     _, train, valid, _, tuned = build("LLMMTL", review_root, cache_dir, llm_mode=mode, **over)
     # lora reads them with the adapters off (no second copy of the weights); full keeps a copy
     assert (tuned.user_texts.encoder.lm is tuned.llm) == (mode == "lora")
@@ -205,6 +208,6 @@ def test_review_times_on_another_clock_stop(review_root, cache_dir, tmp_path):
     review.write_text("\n".join([lines[0]] + ["\t".join([u, i, str(float(ts) * 1000), t]) for u, i, ts, t in rows])
                       + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"amazon.review: review timestamps \(median .*\) are not on the clock"):
-        build("LLMMTL", str(root), cache_dir)
+        build("LLMMTL", str(root), cache_dir, user_text=True)
     with pytest.raises(ConfigError, match=r"amazon.review: review timestamps are compared .* normalises"):
-        build("LLMMTL", review_root, cache_dir, normalize_all=True)
+        build("LLMMTL", review_root, cache_dir, user_text=True, normalize_all=True)

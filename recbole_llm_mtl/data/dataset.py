@@ -10,7 +10,7 @@ import torch
 from recbole.data.dataset import SequentialDataset
 from recbole.utils import FeatureSource, FeatureType, ModelType
 
-from recbole_llm_mtl.data.user_text import review_path
+from recbole_llm_mtl.data.user_text import review_file
 from recbole_llm_mtl.data.validate import read_atomic_file
 from recbole_llm_mtl.errors import DataError
 
@@ -270,6 +270,6 @@ def readable_files(config):
     file added later (new user text) shows; a README or a backup beside them does not."""
     suffixes = {"inter", "user", "item", "kg", "link", "net", *(config["additional_feat_suffix"] or [])}
     paths = [os.path.join(config["data_path"], f"{config['dataset']}.{suffix}") for suffix in suffixes]
-    if config["user_reviews"] and config["user_text"] is not False:
-        paths.append(review_path(config))
+    if review_file(config):
+        paths.append(review_file(config))
     return sorted(os.path.basename(p) for p in paths if os.path.isfile(p))

@@ -11,14 +11,13 @@ the train split alone, so nothing about a user's valid or test items reaches the
 """
 
 import logging
-import os
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_llm_mtl.data.user_text import UserTexts, review_path
+from recbole_llm_mtl.data.user_text import UserTexts, review_file, review_path
 from recbole_llm_mtl.distributed import is_distributed, sharded_cached_encode
 from recbole_llm_mtl.errors import ConfigError, DataError
 from recbole_llm_mtl.text.cache import VectorCache, cached_encode
@@ -251,7 +250,7 @@ class TextFeatures:
         ``user_text: True`` with nothing to read stops with one line."""
         choice = config["user_text"]
         review = review_path(config)
-        own = bool(user_template) or (bool(config["user_reviews"]) and os.path.isfile(review))
+        own = bool(user_template) or review_file(config) is not None
         if choice == "auto":
             return own
         if choice and not own and not (config["user_recent_titles"] and config["item_text_fields"]):

@@ -38,6 +38,16 @@ def review_path(config):
     return os.path.join(config["data_path"], f"{config['dataset']}.review")
 
 
+def review_file(config):
+    """The ``.review`` file a run of ``config`` reads, or None: where the model reads user
+    reviews (``user_reviews``, with ``user_text`` on or ``auto``) and the file exists. One rule
+    for the model and for the files a benchmark run records as readable."""
+    if not config["user_reviews"] or config["user_text"] in (False, None):
+        return None
+    path = review_path(config)
+    return path if os.path.isfile(path) else None
+
+
 REVIEW_SNIPPET = 300  # characters of one review kept in user text (the token limit cuts the rest)
 
 
@@ -105,9 +115,9 @@ class UserTexts:
         self.profile = None
         if profile_template:
             self.profile, _ = render_texts(dataset, dataset.user_feat, profile_template, self.separator, "user")
-        path = review_path(config)
+        path = review_file(config)
         self.reviews = load_reviews(path, dataset, config["encoding"] or "utf-8", config["field_separator"] or "\t") \
-            if config["user_reviews"] and os.path.isfile(path) else {}
+            if path else {}
         if self.reviews:
             logger.info(f"user text reads {sum(map(len, self.reviews.values()))} review texts from {path}")
         self.per_user = self.profile is not None or bool(self.reviews)

@@ -360,3 +360,20 @@ def test_a_part_is_measured_against_its_base_row_or_says_it_has_none():
                          "no_base": True}
     assert "not compared: LLMMTL + user text + L_v has no current runs" in "\n".join(_parts_lines(parts))
 
+
+
+def test_a_secondary_baseline_is_shown_apart_and_still_counts_as_best():
+    """A baseline in ``SECONDARY`` (no correction run yet) sits in its own, marked table after
+    the main one, with why; it is not dropped from the choice of the best baseline, so moving
+    a baseline there can never flatter LLMMTL's ratio."""
+    from recbole_llm_mtl.benchmark import SECONDARY, _main_table, best_baseline
+
+    assert "BERT4Rec" in SECONDARY
+    rows = [_row("LLMMTL", 0.07, 0.08), _row("SASRec", 0.05, 0.06), _row("BERT4Rec", 0.06, 0.07)]
+    lines = _main_table(rows, {}, {})
+    marked = next(i for i, line in enumerate(lines) if line.startswith("Secondary baselines"))
+    assert SECONDARY["BERT4Rec"] in lines[marked]
+    assert not any(line.startswith("| BERT4Rec |") for line in lines[:marked])
+    assert any(line.startswith("| BERT4Rec | 3 |") for line in lines[marked:])
+    assert any(line.startswith("| SASRec | 3 |") for line in lines[:marked])
+    assert best_baseline(rows)["model"] == "BERT4Rec"

@@ -568,7 +568,8 @@ def compare_with_best_baseline(rows, loaded):
 # the row it is measured against: the one it differs from by that part alone)
 PARTS = {
     "LLMMTL + user text": ("user text", -1, "LLMMTL"),
-    "LLMMTL + recent titles as user text": ("recent titles as user text", -1, "LLMMTL"),
+    # user_text True reads the profile / reviews too, so this row adds the titles to "+ user text"
+    "LLMMTL + recent titles as user text": ("recent titles in user text", -1, "LLMMTL + user text"),
     "LLMMTL + L_v": ("L_v (weight 0.1)", -1, "LLMMTL"),
     "LLMMTL + user text + L_v": ("L_v (weight 0.1, with user text)", -1, "LLMMTL + user text"),
     "LLMMTL + user text + L_v + L_u": ("L_u (weight 0.1, with user text and L_v)", -1, "LLMMTL + user text + L_v"),

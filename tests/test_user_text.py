@@ -211,3 +211,24 @@ def test_review_times_on_another_clock_stop(review_root, cache_dir, tmp_path):
         build("LLMMTL", str(root), cache_dir, user_text=True)
     with pytest.raises(ConfigError, match=r"amazon.review: review timestamps are compared .* normalises"):
         build("LLMMTL", review_root, cache_dir, user_text=True, normalize_all=True)
+
+
+class _Config(dict):
+    """A config as RecBole's reads: a key nobody set is None (a baseline has no user_text)."""
+
+    def __missing__(self, key):
+        return None
+
+
+@pytest.mark.parametrize("user_text, user_reviews, reads", [
+    (True, True, True), ("auto", True, True), (False, True, False), (None, True, False),
+    (True, False, False), ("auto", None, False), (None, None, False)])
+def test_one_rule_says_which_review_file_a_run_reads(review_root, user_text, user_reviews, reads):
+    """``review_file``: the model's user text and the files a benchmark run records as readable
+    both ask it; a missing file is never read."""
+    from recbole_llm_mtl.data.user_text import review_file
+
+    folder = os.path.join(review_root, "amazon")  # RecBole's data_path names the dataset's folder
+    config = _Config(data_path=folder, dataset="amazon", user_text=user_text, user_reviews=user_reviews)
+    assert (review_file(config) == os.path.join(folder, "amazon.review")) == reads
+    assert review_file(_Config(config, dataset="no-such")) is None

@@ -270,6 +270,5 @@ def readable_files(config):
     file added later (new user text) shows; a README or a backup beside them does not."""
     suffixes = {"inter", "user", "item", "kg", "link", "net", *(config["additional_feat_suffix"] or [])}
     paths = [os.path.join(config["data_path"], f"{config['dataset']}.{suffix}") for suffix in suffixes]
-    if review_file(config):
-        paths.append(review_file(config))
-    return sorted(os.path.basename(p) for p in paths if os.path.isfile(p))
+    paths.append(review_file(config))  # None unless the model reads user reviews
+    return sorted(os.path.basename(p) for p in paths if p and os.path.isfile(p))

@@ -2,7 +2,7 @@
 
     python -m recbole_llm_mtl.recommend --checkpoint saved/LLMMTL-....pth --user A1B2C3 --topk 10
     python -m recbole_llm_mtl.recommend --checkpoint ... --users-file users.txt --json
-    python -m recbole_llm_mtl.recommend --checkpoint ... --item-text "Nitrile gloves, Brand: Acme" --topk 5
+    python -m recbole_llm_mtl.recommend --checkpoint ... --item-text "Nitrile gloves" --topk 5
 
 A user's history is everything the dataset holds for them (train, valid and test), so
 this is "what next" after their latest interaction; items the user already has are left
@@ -275,6 +275,16 @@ class Recommender:
         return out
 
     @torch.no_grad()
+    def free_text_note(self):
+        """What a new item's free text stands for when the model reads its fields one by one
+        (``item_text_views: fields``): the first field alone, the others empty, or None."""
+        fields = self.config["item_text_fields"] or []
+        if self.config["item_text_views"] != "fields" or len(fields) < 2:
+            return None
+        return (f"a new item's free text is read as its {fields[0]} (item_text_views: fields); its "
+                f"{', '.join(fields[1:])} count as empty. To give them, add the item with its fields to "
+                f"{self.config['dataset']}.item: items new there are scored from all their fields")
+
     def users_for_new_item(self, text, topk=10):
         """Rank existing users for an item the model has never seen, from its text alone
         (encoded by the checkpoint's own language model); scores are logits."""
@@ -331,7 +341,7 @@ def main(argv=None):
         if args.topk < 1:
             raise ConfigError(f"--topk {args.topk} is out of range: give a number from 1")
         rec = Recommender(args.checkpoint, args.data_path)
-        for note in rec.notes:
+        for note in rec.notes + ([rec.free_text_note()] if new_items and rec.free_text_note() else []):
             print(f"note: {note}", file=sys.stderr)
         start = time.perf_counter()
         if new_items:

@@ -96,8 +96,12 @@ def test_cli_json_and_unknown_user(checkpoint, tiny_root, capsys):
     assert "unknown user 'NO_SUCH_USER'" in capsys.readouterr().err
     assert main(["--checkpoint", checkpoint, "--item-text", "Nitrile gloves", "--item-text", "Filament",
                  "--topk", "2", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    data = json.loads(out.out)
     assert [d["item_text"] for d in data] == ["Nitrile gloves", "Filament"] and len(data[0]["users"]) == 2
+    # the slice reads its fields one by one: the free text stands for the title alone, and says so
+    assert "note: a new item's free text is read as its title (item_text_views: fields); its brand, categories" \
+        in out.err
 
 
 def test_reordered_rows_give_identical_recommendations(checkpoint, edit_data):

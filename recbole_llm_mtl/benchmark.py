@@ -135,11 +135,14 @@ def worker(spec_path):
     from recbole_llm_mtl.provenance import provenance
     from recbole_llm_mtl.quick_start import run
 
+    # read before training: the code and YAML that ran are the ones loaded now, and the tree
+    # may move on during a run of hours
+    made_by = {**provenance(), "model_yaml": _model_yaml(spec["model"], spec["dataset"])}
     result = run(spec["model"], spec["dataset"], resume=spec.get("resume"), recorded=spec.get("recorded", False),
                  config_dict={**spec["overrides"], "checkpoint_dir": spec["checkpoint_dir"]})
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds_per_epoch"] = result["fit_seconds"] / max(result["epochs"], 1)
-    result["provenance"] = {**provenance(), "model_yaml": _model_yaml(spec["model"], spec["dataset"])}
+    result["provenance"] = made_by
     result["commit"] = result["provenance"]["commit"]
     _write_json(_users_path(spec["result"]), result.pop("per_user_ndcg@10"), gzip.open)
     _write_json(spec["result"], result)

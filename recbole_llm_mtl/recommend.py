@@ -274,7 +274,6 @@ class Recommender:
             out.append({"user": raw_users[r], "recommendations": recs})
         return out
 
-    @torch.no_grad()
     def free_text_note(self):
         """What a new item's free text stands for when the model reads its fields one by one
         (``item_text_views: fields``): the first field alone, the others empty, or None."""
@@ -285,6 +284,7 @@ class Recommender:
                 f"{', '.join(fields[1:])} count as empty. To give them, add the item with its fields to "
                 f"{self.config['dataset']}.item: items new there are scored from all their fields")
 
+    @torch.no_grad()
     def users_for_new_item(self, text, topk=10):
         """Rank existing users for an item the model has never seen, from its text alone
         (encoded by the checkpoint's own language model); scores are logits."""

@@ -361,7 +361,6 @@ def test_a_part_is_measured_against_its_base_row_or_says_it_has_none():
     assert "not compared: LLMMTL + user text + L_v has no current runs" in "\n".join(_parts_lines(parts))
 
 
-
 def test_a_secondary_baseline_is_shown_apart_and_still_counts_as_best():
     """A baseline in ``SECONDARY`` (no correction run yet) sits in its own, marked table after
     the main one, with why; it is not dropped from the choice of the best baseline, so moving

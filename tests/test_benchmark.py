@@ -376,3 +376,14 @@ def test_a_secondary_baseline_is_shown_apart_and_still_counts_as_best():
     assert any(line.startswith("| BERT4Rec | 3 |") for line in lines[marked:])
     assert any(line.startswith("| SASRec | 3 |") for line in lines[:marked])
     assert best_baseline(rows)["model"] == "BERT4Rec"
+
+
+def test_a_table_of_general_and_sequential_models_names_the_masking_rule():
+    """RecBole masks training items for general models only; a table that holds both kinds
+    says which rows ranked with the mask, and one kind alone needs no such line."""
+    from recbole_llm_mtl.benchmark import _masking_lines
+
+    both = _masking_lines([_row("LLMMTL", 0.07, 0.08), _row("LightGCN", 0.06, 0.09), _row("SASRec", 0.05, 0.06)])
+    assert both and both[0].startswith("As RecBole evaluates them, LightGCN (general recommenders) have the user's "
+                                       "training items masked before ranking; LLMMTL, SASRec (sequential)")
+    assert _masking_lines([_row("LLMMTL", 0.07, 0.08), _row("SASRec", 0.05, 0.06)]) == []

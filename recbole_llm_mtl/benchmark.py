@@ -708,13 +708,11 @@ def _masking_lines(rows):
 
     from recbole_llm_mtl.config import get_model_class
 
-    kinds = {}
-    for r in rows:
-        model = RUNS[r["model"]][0] if r["model"] in RUNS else r["model"]
-        kinds.setdefault(get_model_class(model).type == ModelType.GENERAL, []).append(model)
-    if len(kinds) < 2:
+    models = {RUNS[r["model"]][0] for r in rows}
+    general = sorted(m for m in models if get_model_class(m).type == ModelType.GENERAL)
+    sequential = sorted(models - set(general))
+    if not general or not sequential:
         return []
-    general, sequential = (sorted(set(kinds[k])) for k in (True, False))
     return [f"As RecBole evaluates them, {', '.join(general)} (general recommenders) have the user's training "
             f"items masked before ranking; {', '.join(sequential)} (sequential) have nothing masked.", ""]
 

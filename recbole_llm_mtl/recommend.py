@@ -341,7 +341,8 @@ def main(argv=None):
         if args.topk < 1:
             raise ConfigError(f"--topk {args.topk} is out of range: give a number from 1")
         rec = Recommender(args.checkpoint, args.data_path)
-        for note in rec.notes + ([rec.free_text_note()] if new_items and rec.free_text_note() else []):
+        free_text = rec.free_text_note() if new_items else None
+        for note in rec.notes + ([free_text] if free_text else []):
             print(f"note: {note}", file=sys.stderr)
         start = time.perf_counter()
         if new_items:

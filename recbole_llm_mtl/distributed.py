@@ -49,6 +49,17 @@ def barrier():
         dist.barrier()
 
 
+def close_process_group(synchronize=True):
+    """Leave the process group. ``synchronize``: a barrier first, so no rank tears down its
+    connections (rank 0 also hosts the TCP store) while a peer still talks to it; off after
+    an error, where the peers may never reach the barrier."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if synchronize:
+        barrier()
+    dist.destroy_process_group()
+
+
 def sharded_cached_encode(cache, identity, texts, encode_fn):
     """:func:`cached_encode` for several ranks: one cache decision (rank 0's), each rank
     encodes ``texts[rank::world]``, the slices are gathered, rank 0 writes the cache."""
@@ -76,7 +87,12 @@ def _worker(local_rank, model, dataset, config_files, overrides, resume, evaluat
     from recbole_llm_mtl.quick_start import run
 
     overrides = dict(overrides, local_rank=local_rank)
-    result = run(model, dataset, config_files, config_dict=overrides, resume=resume, evaluate_test=evaluate_test)
+    try:
+        result = run(model, dataset, config_files, config_dict=overrides, resume=resume, evaluate_test=evaluate_test)
+    except BaseException:
+        close_process_group(synchronize=False)  # a group left to the interpreter's exit can abort it
+        raise
+    close_process_group()
     queue.put((local_rank, {k: result[k] for k in ("best_valid_result", "test_result", "checkpoint")}))
 
 

@@ -107,10 +107,6 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
         cold_warm.update(test_cold_warm)
     eval_seconds = time.time() - eval_start
 
-    if not config["single_spec"]:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     best_epoch = max(history, key=lambda h: h[1])[0] if history else None

@@ -32,12 +32,15 @@ def ndcg_at_10(row, target):
     return 1 / np.log2(rank + 2) if rank < 10 else 0.0
 
 
-def probe(result_path, dataset):
-    with open(result_path) as f:
-        rec = json.load(f)
-    config_input = {k: v for k, v in rec["config_input"].items() if k not in ("model", "config_files")}
-    built = build(build_config(rec["model"], dataset, config_dict={**config_input, "show_progress": False}))
-    built.model.load_state_dict(load_checkpoint(rec["checkpoint"])["state_dict"])
+def rescore(config, checkpoint):
+    """(valid NDCG@10 as evaluated, with the user's training items masked, share of valid
+    targets that repeat a training item, users) of ``checkpoint`` under ``config``.
+
+    The mask follows RecBole's full-sort rule for general recommenders: the items the user
+    interacted with before this split, less the target itself (``used_item - positive_item``
+    in ``FullSortEvalDataLoader``), so a target that repeats a training item is still ranked."""
+    built = build(config)
+    built.model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
     built.model.eval()
     seen, n = training_items(built.train), built.dataset.item_num
     plain = masked = repeats = count = 0
@@ -48,11 +51,19 @@ def probe(result_path, dataset):
             for r, t in zip(pos_u.tolist(), pos_i.tolist()):
                 row, mine = scores[r].clone(), seen.get(int(interaction["user_id"][r]), set())
                 plain += ndcg_at_10(row, t)
-                row[list(mine)] = -np.inf  # a target that repeats a training item is masked too: a miss
-                masked += ndcg_at_10(row, t) if t not in mine else 0.0
+                row[list(mine - {t})] = -np.inf
+                masked += ndcg_at_10(row, t)
                 repeats += t in mine
                 count += 1
-    return rec["best_valid_score"], plain / count, masked / count, repeats / count, count
+    return plain / count, masked / count, repeats / count, count
+
+
+def probe(result_path, dataset):
+    with open(result_path) as f:
+        rec = json.load(f)
+    config_input = {k: v for k, v in rec["config_input"].items() if k not in ("model", "config_files")}
+    config = build_config(rec["model"], dataset, config_dict={**config_input, "show_progress": False})
+    return (rec["best_valid_score"], *rescore(config, rec["checkpoint"]))
 
 
 def main(argv=None):

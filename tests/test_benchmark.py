@@ -387,3 +387,29 @@ def test_a_table_of_general_and_sequential_models_names_the_masking_rule():
     assert both and both[0].startswith("As RecBole evaluates them, LightGCN (general recommenders) have the user's "
                                        "training items masked before ranking; LLMMTL, SASRec (sequential)")
     assert _masking_lines([_row("LLMMTL", 0.07, 0.08), _row("SASRec", 0.05, 0.06)]) == []
+
+
+def test_provenance_is_read_before_training(tiny_root, cache_dir, workdir, monkeypatch):
+    """A run of hours records the commit it loaded, not the one the tree moved to while it trained."""
+    import recbole_llm_mtl.provenance as provenance_module
+    import recbole_llm_mtl.quick_start as quick_start
+    from conftest import tiny_overrides
+    from recbole_llm_mtl.benchmark import worker
+
+    tree = {"commit": "loaded"}
+    monkeypatch.setattr(provenance_module, "provenance", lambda: {"commit": tree["commit"]})
+    real_run = quick_start.run
+
+    def run_while_the_tree_moves(*args, **kwargs):
+        tree["commit"] = "moved on"  # e.g. a checkout in the worktree during training
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(quick_start, "run", run_while_the_tree_moves)
+    spec, result = workdir / "run.spec.json", workdir / "run.json"
+    spec.write_text(json.dumps({"model": "LLMMTL", "dataset": "amazon", "result": str(result),
+                                "checkpoint_dir": str(workdir / "ckpt"),
+                                "overrides": tiny_overrides(tiny_root, cache_dir)}))
+    worker(str(spec))
+    recorded = json.loads(result.read_text())
+    assert recorded["best_valid_result"] and tree["commit"] == "moved on"
+    assert recorded["provenance"]["commit"] == recorded["commit"] == "loaded"

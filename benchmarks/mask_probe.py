@@ -39,6 +39,10 @@ def rescore(config, checkpoint):
     The mask follows RecBole's full-sort rule for general recommenders: the items the user
     interacted with before this split, less the target itself (``used_item - positive_item``
     in ``FullSortEvalDataLoader``), so a target that repeats a training item is still ranked."""
+    split, mode = config["eval_args"]["split"], config["eval_args"]["mode"]
+    if "LS" not in split or (mode.get("valid") if isinstance(mode, dict) else mode) != "full":
+        raise SystemExit(f"mask_probe scores one target per user under full ranking (split LS, mode full); "
+                         f"this run has split {split}, mode {mode}")
     built = build(config)
     built.model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
     built.model.eval()

@@ -8,6 +8,8 @@ gradients are all-reduced. The text-encoding pass is sharded too: every rank enc
 slice of the texts, the slices are gathered, and only rank 0 writes the cache.
 """
 
+import gc
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -49,14 +51,14 @@ def barrier():
         dist.barrier()
 
 
-def close_process_group(synchronize=True):
-    """Leave the process group. ``synchronize``: a barrier first, so no rank tears down its
-    connections (rank 0 also hosts the TCP store) while a peer still talks to it; off after
-    an error, where the peers may never reach the barrier."""
+def close_process_group():
+    """Leave the process group after a finished run: a barrier first, so no rank tears down
+    its connections (rank 0 also hosts the TCP store) while a peer still talks to it. The
+    trainer's DDP wrapper holds the gloo connections too: collected here, not at exit."""
     if not (dist.is_available() and dist.is_initialized()):
         return
-    if synchronize:
-        barrier()
+    gc.collect()
+    barrier()
     dist.destroy_process_group()
 
 
@@ -87,11 +89,9 @@ def _worker(local_rank, model, dataset, config_files, overrides, resume, evaluat
     from recbole_llm_mtl.quick_start import run
 
     overrides = dict(overrides, local_rank=local_rank)
-    try:
-        result = run(model, dataset, config_files, config_dict=overrides, resume=resume, evaluate_test=evaluate_test)
-    except BaseException:
-        close_process_group(synchronize=False)  # a group left to the interpreter's exit can abort it
-        raise
+    result = run(model, dataset, config_files, config_dict=overrides, resume=resume, evaluate_test=evaluate_test)
+    # on success only: after an error a peer may be stuck in a collective (NCCL's destroy
+    # would wait for it), and spawn has the traceback already
     close_process_group()
     queue.put((local_rank, {k: result[k] for k in ("best_valid_result", "test_result", "checkpoint")}))
 

@@ -265,6 +265,7 @@ LLMMTL_RULES = {
     "lora_alpha": POSITIVE_NUMBER,
     "lora_dropout": PROBABILITY,
     "lora_target_modules": optional(any_of(TEXT, list_of(TEXT, "a list of module names"))),
+    "tuned_items_per_step": optional(POSITIVE_INT),
     # text and tags
     "use_text": BOOLEAN,
     "item_text_fields": _cross(FIELD_LIST, lambda v, c: bool(v) or not c.get("use_text"),

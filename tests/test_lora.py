@@ -83,3 +83,23 @@ def test_fine_tuned_item_text_starts_as_the_loaded_vectors(tiny_root, cache_dir,
         got = model._tuned_text(ids)
     assert got.shape == model.item_text[ids].shape
     assert torch.allclose(got, model.item_text[ids], atol=1e-3), (got - model.item_text[ids]).abs().max()
+
+
+@pytest.mark.parametrize("cap", [8, None])
+def test_items_re_encoded_with_grad_per_step_are_bounded(tiny_root, cache_dir, cap):
+    """Backward keeps the language model's activations of every text re-encoded in a step:
+    ``tuned_items_per_step`` bounds them (amazon's ~1,600 items per batch ran out of memory)."""
+    _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir, llm_mode="lora", train_batch_size=16,
+                                  tuned_items_per_step=cap)
+    seen, tuned_text = [], model._tuned_text
+    model._tuned_text = lambda ids: seen.append(ids.tolist()) or tuned_text(ids)  # the real encoder, watched
+    model.train()
+    batch = next(iter(train))
+    seq = batch[model.ITEM_SEQ]
+    in_batch = set(torch.cat([seq[seq > 0], batch[model.POS_ITEM_ID]]).tolist())
+    assert len(in_batch) > 8
+    (loss,) = model.calculate_loss(batch)
+    loss.backward()
+    assert len(seen) == 1 and set(seen[0]) <= in_batch and len(set(seen[0])) == len(seen[0])
+    assert len(seen[0]) == (cap if cap else len(in_batch))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)

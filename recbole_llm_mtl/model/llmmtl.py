@@ -76,6 +76,7 @@ class LLMMTL(SequentialRecommender):
         self.label_smoothing = config["label_smoothing"]
         self.profile_horizon = config["profile_horizon"]
         self.llm_mode = config["llm_mode"]
+        self.tuned_items_per_step = config["tuned_items_per_step"]
         weights = dict(config["task_weights"] or {})  # values checked up front (config_rules.py)
         self.task_weighting = config["task_weighting"]
         self.USER_ID = config["USER_ID_FIELD"]
@@ -278,6 +279,17 @@ class LLMMTL(SequentialRecommender):
         return self.gather_indexes(query, interaction[self.ITEM_SEQ_LEN] - 1), h_v
 
     # ------------------------------------------------------------------ training
+    def _items_to_tune(self, batch_items):
+        """The batch items re-encoded with grad this step (lora/full): at most
+        ``tuned_items_per_step``, drawn at random; the others read the table refreshed at
+        the last evaluation. Backward keeps the language model's activations of every
+        re-encoded text, so all of a 512-sequence batch (thousands of items) would not fit
+        in memory."""
+        cap = self.tuned_items_per_step
+        if cap is None or batch_items.numel() <= cap:
+            return batch_items
+        return batch_items[torch.randperm(batch_items.numel(), device=batch_items.device)[:cap]]
+
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]
         seq_len = interaction[self.ITEM_SEQ_LEN]
@@ -288,7 +300,7 @@ class LLMMTL(SequentialRecommender):
         valid = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0) < seq_len.unsqueeze(1)
 
         batch_items = torch.unique(torch.cat([item_seq[valid], next_items[valid]]))
-        h_v = self.item_representations(batch_items if self.llm is not None else None)
+        h_v = self.item_representations(self._items_to_tune(batch_items) if self.llm is not None else None)
         h_a, h_u, query = self.user_states(interaction, h_v)
         step = Step(h_v, h_a, h_u, query, self.scorer, self.scorer.items(h_v), next_items, valid, batch_items,
                     item_seq)

@@ -381,16 +381,17 @@ def _resume_state(path):
 
 def config_change(was, spec):
     """How the config input ``was`` differs from the one ``spec`` resolves now (keys of
-    ``NOT_CONFIG``, keys the spec's model never reads and new keys whose value is ``~``
-    aside), or None."""
-    from recbole_llm_mtl.config_rules import keys_not_read_by
+    ``NOT_CONFIG``, keys the spec's model never reads, keys that change nothing under both
+    configs (``inert_keys``) and new keys whose value is ``~`` aside), or None."""
+    from recbole_llm_mtl.config_rules import inert_keys, keys_not_read_by
     from recbole_llm_mtl.trainer import plain_config
 
     config = _spec_config(spec)
     now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
     was = json.loads(json.dumps(was, default=str))
     # a key only our models read (a dataset YAML's item_text_views) does not change a RecBole model's run
-    ignored = NOT_CONFIG | keys_not_read_by(spec["model"])
+    ignored = (NOT_CONFIG | keys_not_read_by(spec["model"])
+               | (inert_keys(spec["model"], now) & inert_keys(spec["model"], {**now, **was})))
     changed = sorted(k for k in set(now) | set(was) if k not in ignored and now.get(k) != was.get(k)
                      and not (k not in was and now[k] is None))
     if changed:

@@ -344,6 +344,18 @@ def keys_not_read_by(model_name):
     return frozenset() if model_name in MODEL_RULES else plugin_only_keys()
 
 
+# Keys that change nothing under some settings of another key: LLMMTL reads the fine-tuning
+# keys only when its language model is fine-tuned.
+FINE_TUNING_KEYS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "tuned_items_per_step"})
+
+
+def inert_keys(model_name, config):
+    """Keys that ``model_name`` reads but that change nothing under ``config`` (a mapping)."""
+    if model_name == "LLMMTL" and config.get("llm_mode", "frozen") == "frozen":
+        return FINE_TUNING_KEYS
+    return frozenset()
+
+
 # Keys that decide a model's weights (their shapes, or how they are read): a checkpoint
 # resumed under other values either fails to load or, worse, loads and means something
 # else (n_heads 2 -> 4 keeps every shape). RecBole's models share these names.

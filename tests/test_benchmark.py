@@ -413,3 +413,23 @@ def test_provenance_is_read_before_training(tiny_root, cache_dir, workdir, monke
     recorded = json.loads(result.read_text())
     assert recorded["best_valid_result"] and tree["commit"] == "moved on"
     assert recorded["provenance"]["commit"] == recorded["commit"] == "loaded"
+
+
+def test_keys_that_change_nothing_under_the_run_do_not_make_it_stale(tiny_root, tmp_path):
+    """A frozen-model run is not stale for a fine-tuning key added or changed since (e.g.
+    tuned_items_per_step): it computes the same; a fine-tuned run is."""
+    from conftest import tiny_overrides
+    from recbole_llm_mtl.benchmark import _spec_config, config_change
+    from recbole_llm_mtl.trainer import plain_config
+
+    spec = {"model": "LLMMTL", "dataset": "amazon", "overrides": tiny_overrides(tiny_root, str(tmp_path)),
+            "checkpoint_dir": str(tmp_path / "ckpt")}
+    now = json.loads(json.dumps(plain_config(_spec_config(spec).external_config_dict), default=str))
+    assert now["llm_mode"] == "frozen" and now["tuned_items_per_step"] == 64
+    was = {k: v for k, v in now.items() if k != "tuned_items_per_step"}  # made before the key existed
+    was["lora_r"] = 99
+    assert config_change(was, spec) is None
+    assert config_change({**was, "learning_rate": 0.5}, spec) == "config changed: learning_rate 0.5 -> 0.002"
+    tuned = dict(spec, overrides={**spec["overrides"], "llm_mode": "lora"})
+    assert config_change({**was, "llm_mode": "lora"}, tuned) == (
+        "config changed: lora_r 99 -> 8, tuned_items_per_step None -> 64")

@@ -383,15 +383,14 @@ def config_change(was, spec):
     """How the config input ``was`` differs from the one ``spec`` resolves now (keys of
     ``NOT_CONFIG``, keys the spec's model never reads, keys that change nothing under both
     configs (``inert_keys``) and new keys whose value is ``~`` aside), or None."""
-    from recbole_llm_mtl.config_rules import inert_keys, keys_not_read_by
+    from recbole_llm_mtl.config_rules import keys_without_effect
     from recbole_llm_mtl.trainer import plain_config
 
     config = _spec_config(spec)
     now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
     was = json.loads(json.dumps(was, default=str))
     # a key only our models read (a dataset YAML's item_text_views) does not change a RecBole model's run
-    ignored = (NOT_CONFIG | keys_not_read_by(spec["model"])
-               | (inert_keys(spec["model"], now) & inert_keys(spec["model"], {**now, **was})))
+    ignored = NOT_CONFIG | keys_without_effect(spec["model"], now, {**now, **was})
     changed = sorted(k for k in set(now) | set(was) if k not in ignored and now.get(k) != was.get(k)
                      and not (k not in was and now[k] is None))
     if changed:
@@ -652,7 +651,7 @@ def config_report(name, results, dataset):
     """A row's config against the model's defaults, what its model YAML sets, and any key on
     which its seeds' configs disagree (runs made with different code or settings)."""
     from recbole_llm_mtl.config import plugin_models
-    from recbole_llm_mtl.config_rules import keys_not_read_by
+    from recbole_llm_mtl.config_rules import keys_without_effect
 
     configs = [r["config"] for r in results if r.get("config")]
     if not configs:
@@ -661,11 +660,13 @@ def config_report(name, results, dataset):
     # the recorded folder only locates the files the config checks; on another machine it may be gone
     recorded = configs[0]["data_path"]
     defaults = default_config(results[0]["model"], dataset, os.path.dirname(recorded) if os.path.isdir(recorded) else None)
-    # keys the model never reads (a dataset YAML's item_text_views, for a RecBole model) are no difference
-    unread = keys_not_read_by(results[0]["model"])
-    return {"recorded": True, "vs_defaults": config_diff(configs[0], defaults, unread),
+    # keys the model never reads (a dataset YAML's item_text_views, for a RecBole model), or that
+    # change nothing under these configs (fine-tuning keys of a frozen model), are no difference
+    model = results[0]["model"]
+    return {"recorded": True, "vs_defaults": config_diff(configs[0], defaults, keys_without_effect(model, configs[0], defaults)),
             "model_yaml": prov[0].get("model_yaml", {}), "plugin": results[0]["model"] in plugin_models(),
-            "seeds_disagree": sorted({k for c in configs[1:] for k in config_diff(c, configs[0], unread)}),
+            "seeds_disagree": sorted({k for c in configs[1:]
+                                      for k in config_diff(c, configs[0], keys_without_effect(model, c, configs[0]))}),
             "text_dtype": sorted({str(r.get("text_dtype")) for r in results}),
             "commits": sorted({f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}" for p in prov}),
             "machines": sorted({_machine_line(p.get("machine") or {}) for p in prov}),

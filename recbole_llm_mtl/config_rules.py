@@ -356,6 +356,13 @@ def inert_keys(model_name, config):
     return frozenset()
 
 
+def keys_without_effect(model_name, *configs):
+    """Keys on which ``configs`` (mappings) may differ without ``model_name`` computing
+    anything different: keys it never reads, and keys inert under every one of them."""
+    inert = frozenset.intersection(*(inert_keys(model_name, c) for c in configs)) if configs else frozenset()
+    return keys_not_read_by(model_name) | inert
+
+
 # Keys that decide a model's weights (their shapes, or how they are read): a checkpoint
 # resumed under other values either fails to load or, worse, loads and means something
 # else (n_heads 2 -> 4 keeps every shape). RecBole's models share these names.

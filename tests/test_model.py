@@ -227,3 +227,42 @@ def test_field_views_encode_each_field_alone(tiny_root, cache_dir):
     assert torch.allclose(again, model.item_text[ids], atol=2e-2)
     losses = _steps(model, train, 3)
     assert all(torch.isfinite(torch.tensor(step)).all() for step in losses)
+
+
+def test_contrast_task_matches_two_dropout_passes(tiny_root, cache_dir):
+    """The contrast task compares the queries of two passes over the same histories: with
+    dropout (training) they differ, so the loss is above its floor; without dropout (eval)
+    both passes are equal and each position finds its own twin first."""
+    _, train, _, _, model = build("LLMMTL", tiny_root, cache_dir,
+                                  task_weights={"behavior": 1.0, "contrast": 0.1})
+    assert model.loss_names == ["behavior", "contrast"]
+    assert train.dataset.text_features.behavior_labels is None  # it needs no semantic labels
+    batch = next(iter(train))
+    model.train()
+    torch.manual_seed(0)
+    trained = model.calculate_loss(batch)[1]
+    model.eval()
+    with torch.no_grad():
+        same = model.calculate_loss(batch)[1]
+    assert torch.isfinite(trained) and trained > same
+    hist = _steps(model, train, 15)
+    assert hist[-1][1] < hist[0][1], [h[1] for h in hist]
+
+
+def test_contrast_task_does_not_push_apart_positions_with_the_same_next_item():
+    """DuoRec's false negatives: two positions whose next item is the same are not each
+    other's negatives. Identical queries with the same next item cost nothing; with other
+    next items they are a negative as likely as the positive (log 2)."""
+    from recbole_llm_mtl.model.tasks import ContrastTask, Step
+
+    task = ContrastTask(temperature=0.07)
+    query = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    valid = torch.ones(3, 1, dtype=torch.bool)
+
+    def loss(next_items):
+        step = Step(None, None, None, query.unsqueeze(1), None, None, torch.tensor(next_items).unsqueeze(1), valid,
+                    None, None, query.unsqueeze(1))
+        return task(step).item()
+
+    assert loss([5, 5, 6]) < 1e-4
+    assert abs(loss([5, 7, 6]) - 2 / 3 * torch.log(torch.tensor(2.0)).item()) < 1e-3

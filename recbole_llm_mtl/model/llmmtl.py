@@ -46,14 +46,7 @@ from recbole_llm_mtl.model.layers import (
     UserProfileExtractor,
     causal_mean,
 )
-from recbole_llm_mtl.model.tasks import (
-    BehaviorTask,
-    ContrastTask,
-    ItemSemanticsTask,
-    Step,
-    UserProfileTask,
-    auxiliary_tasks,
-)
+from recbole_llm_mtl.model.tasks import BehaviorTask, ItemSemanticsTask, Step, UserProfileTask, auxiliary_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +117,6 @@ class LLMMTL(SequentialRecommender):
         makers = {"user_profile": lambda labels: UserProfileTask(self.hidden_size, labels, self.profile_horizon),
                   "item_semantics": lambda labels: ItemSemanticsTask(self.hidden_size, labels)}
         for name in auxiliary_tasks(weights):
-            if name == ContrastTask.name:  # needs no labels
-                tasks[name] = ContrastTask(config["temperature"])
-                continue
             labels = features.item_labels  # made on first use: k-means costs seconds
             if labels.size(1) == 0:
                 logger.warning(f"no semantic labels for the {name} task (no tags, text clusters or "
@@ -312,10 +302,8 @@ class LLMMTL(SequentialRecommender):
         batch_items = torch.unique(torch.cat([item_seq[valid], next_items[valid]]))
         h_v = self.item_representations(self._items_to_tune(batch_items) if self.llm is not None else None)
         h_a, h_u, query = self.user_states(interaction, h_v)
-        # the contrast task compares two passes over the same histories (other dropout masks)
-        view = self.user_states(interaction, h_v)[2] if ContrastTask.name in self.tasks else None
         step = Step(h_v, h_a, h_u, query, self.scorer, self.scorer.items(h_v), next_items, valid, batch_items,
-                    item_seq, view)
+                    item_seq)
         losses = [task(step) for task in self.tasks.values()]
         self._step += 1
         for name, loss in zip(self.loss_names, losses):

@@ -1,6 +1,4 @@
-"""LLMMTL's tasks, each a named head with its own targets and loss: the design's three
-(behaviour, user profile, item semantics) and an optional contrastive regulariser of the
-behaviour representation.
+"""LLMMTL's three tasks, each a named head with its own targets and loss.
 
 Every task reads one :class:`Step` (the representations a training batch produced) and
 returns a scalar loss. Targets come from the train split (see
@@ -15,10 +13,8 @@ import torch.nn.functional as F
 
 # What one training batch produced: H_v of all items, per-position H_a, H_u and query,
 # the scorer and its item side, the next item of every position, the real-position mask,
-# the items the batch touches, the histories, and (for the contrast task) the query of a
-# second pass over the same histories with other dropout masks.
-Step = namedtuple("Step", "h_v h_a h_u query scorer items next_items valid batch_items item_seq query_view",
-                  defaults=(None,))
+# the items the batch touches, and the histories.
+Step = namedtuple("Step", "h_v h_a h_u query scorer items next_items valid batch_items item_seq")
 
 
 class BehaviorTask(nn.Module):
@@ -97,29 +93,7 @@ class ItemSemanticsTask(nn.Module):
         return F.binary_cross_entropy_with_logits(self.head(step.h_v[items]), self.item_labels[items])
 
 
-class ContrastTask(nn.Module):
-    """Contrastive regulariser of the user query (after DuoRec, Qiu et al., WSDM 2022): the
-    queries of two passes over the same histories, differing only in their dropout masks,
-    are matched to each other against the batch's other positions (InfoNCE). Positions whose
-    next item is the same are not negatives of each other (DuoRec's false-negative case)."""
-
-    name = "contrast"
-
-    def __init__(self, temperature):
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(self, step):
-        a = F.normalize(step.query[step.valid], dim=-1)
-        b = F.normalize(step.query_view[step.valid], dim=-1)
-        labels = step.next_items[step.valid]
-        same = labels.unsqueeze(0) == labels.unsqueeze(1)
-        same.fill_diagonal_(False)
-        logits = (a @ b.t() / self.temperature).masked_fill(same, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(a.size(0), device=a.device))
-
-
-TASKS = {t.name: t for t in (BehaviorTask, UserProfileTask, ItemSemanticsTask, ContrastTask)}
+TASKS = {t.name: t for t in (BehaviorTask, UserProfileTask, ItemSemanticsTask)}
 
 
 def auxiliary_tasks(weights):

@@ -286,7 +286,7 @@ def test_config_report_leaves_out_keys_the_model_never_reads(tiny_root):
 def test_a_data_file_added_since_the_run_makes_it_stale(tiny_root, tmp_path):
     """A run records the dataset's files it could read; one added since that the model reads
     (a .user file; a .review file for LLMMTL reading user text) makes the run stale,
-    named; a file the model never reads (.review for BPR, a README) does not, and runs that
+    named; a file the model never reads (.review or .kg for BPR, a README) does not, and runs that
     recorded no file list (made before it was kept) are checked on their fingerprints alone."""
     import shutil
 
@@ -305,7 +305,10 @@ def test_a_data_file_added_since_the_run_makes_it_stale(tiny_root, tmp_path):
     assert files == ["amazon.inter", "amazon.item"] and data_change(was, specs["BPR"], files) is None
     (folder / "amazon.review").write_text("user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq\n")
     (folder / "amazon.README").write_text("notes")
-    assert data_change(was, specs["BPR"], files) is None
+    (folder / "amazon.kg").write_text("head_id:token\trelation_id:token\ttail_id:token\n")
+    assert data_change(was, specs["BPR"], files) is None  # RecBole loads a .kg for knowledge-based models alone
+    cke = {**specs["BPR"], "model": "CKE"}
+    assert data_change(was, cke, files) == f"data changed in {folder}: amazon.kg is new since training"
     assert data_change(was, specs["LLMMTL + user text"], files) == \
         f"data changed in {folder}: amazon.review is new since training"
     assert data_change(was, specs["LLMMTL"], files) is None  # user_text: False (the default) reads no .review

@@ -265,10 +265,13 @@ def with_atomic_reader(dataset_class):
 
 def readable_files(config):
     """The dataset's atomic files in its folder that a run of ``config`` could read, sorted:
-    RecBole's suffixes and ``additional_feat_suffix``, and ``.review`` where the model reads
+    RecBole's suffixes that its dataset class loads (``.kg``/``.link`` for knowledge-based
+    models only) and ``additional_feat_suffix``, and ``.review`` where the model reads
     user reviews (LLMMTL). Recorded beside the fingerprints of what the run did read, so a
     file added later (new user text) shows; a README or a backup beside them does not."""
-    suffixes = {"inter", "user", "item", "kg", "link", "net", *(config["additional_feat_suffix"] or [])}
+    suffixes = {"inter", "user", "item", *(config["additional_feat_suffix"] or [])}
+    if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:  # RecBole reads .kg and .link for these alone
+        suffixes |= {"kg", "link"}
     paths = [os.path.join(config["data_path"], f"{config['dataset']}.{suffix}") for suffix in suffixes]
     paths.append(review_file(config))  # None unless the model reads user reviews
     return sorted(os.path.basename(p) for p in paths if p and os.path.isfile(p))

@@ -351,6 +351,7 @@ FINE_TUNING_KEYS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_targ
 
 def inert_keys(model_name, config):
     """Keys that ``model_name`` reads but that change nothing under ``config`` (a mapping)."""
+    # "frozen", not the YAML's default: a config recorded before llm_mode existed ran a frozen model
     if model_name == "LLMMTL" and config.get("llm_mode", "frozen") == "frozen":
         return FINE_TUNING_KEYS
     return frozenset()

@@ -136,7 +136,8 @@ class Recommender:
         if new_users:
             self.notes.append(f"{_plural(new_users, 'user')} of the data {'is' if new_users == 1 else 'are'} "
                               "new since training (served from their history)")
-        changes = fingerprint_changes(ids.get("fingerprint", {}), getattr(self.data, "data_fingerprint", {}))
+        changes = fingerprint_changes(ids.get("fingerprint", {}), getattr(self.data, "data_fingerprint", {}),
+                                      order_matters=False)  # ids are mapped by token
         if changes:
             self.notes.append("data changed since training: " + "; ".join(changes))
 

@@ -317,6 +317,31 @@ def test_a_data_file_added_since_the_run_makes_it_stale(tiny_root, tmp_path):
     assert data_change(was, specs["BPR"], None) is None
 
 
+def test_reordered_rows_make_a_run_stale_but_not_a_checkpoint(tiny_root, tmp_path):
+    """Same rows in another order: RecBole numbers ids by first appearance and breaks time ties
+    by row order, so a recorded run would not re-make; a checkpoint maps ids by token and
+    ignores the order; fingerprints recorded before the order hash compare on content."""
+    import shutil
+
+    from recbole_llm_mtl.benchmark import data_change
+    from recbole_llm_mtl.data.validate import fingerprint_changes, read_atomic_file
+
+    shutil.copytree(os.path.join(tiny_root, "amazon"), tmp_path / "amazon")
+    path = tmp_path / "amazon" / "amazon.inter"
+    was = {"amazon.inter": read_atomic_file(str(path), "utf-8", "\t").fingerprint()}
+    spec = {"model": "BPR", "dataset": "amazon", "checkpoint_dir": str(tmp_path / "ckpt"),
+            "overrides": {"data_path": str(tmp_path), "seed": 2020}}
+    assert data_change(was, spec) is None
+    header, *rows = path.read_text().splitlines()
+    path.write_text("\n".join([header, *reversed(rows)]) + "\n")
+    now = {"amazon.inter": read_atomic_file(str(path), "utf-8", "\t").fingerprint()}
+    assert data_change(was, spec) == (f"data changed in {tmp_path / 'amazon'}: amazon.inter has the same rows in "
+                                      "another order (ids and timestamp ties follow row order)")
+    assert fingerprint_changes(was, now, order_matters=False) == []
+    before_order_hash = {"amazon.inter": {k: v for k, v in was["amazon.inter"].items() if k != "order_sha256"}}
+    assert data_change(before_order_hash, spec) is None
+
+
 def _row(name, ndcg, valid, std=0.001):
     return {"model": name, "seeds": 3, "ndcg@10": ndcg, "ndcg@10_std": std, "valid_ndcg@10": valid,
             "valid_ndcg@10_std": std, "best_epoch": 10, "seconds_per_epoch": 1.0, "fit_seconds": 10.0,

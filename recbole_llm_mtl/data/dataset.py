@@ -163,8 +163,8 @@ class AtomicReaderMixin:
       (users) without features, and counted in the log (RecBole drops them);
     * float fields of ``.item``/``.user`` keep their raw strings in ``raw_values`` (RecBole
       fills missing floats with the mean and may normalise them): text is rendered from them;
-    * ``data_fingerprint`` holds a row-order-independent hash of every file read, for
-      checkpoints.
+    * ``data_fingerprint`` holds hashes of every file read (content, and content in row
+      order), for checkpoints and the benchmark's staleness check.
     """
 
     def _load_feat(self, filepath, source):

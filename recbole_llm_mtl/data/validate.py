@@ -28,30 +28,37 @@ class AtomicFile(namedtuple("AtomicFile", "path names types rows lines")):
         return [row[k] for row in self.rows]
 
     def fingerprint(self):
-        """sha256 of the header and the sorted rows: the same for a file whose rows were only
-        reordered, different as soon as one value changes."""
-        h = hashlib.sha256("\t".join(f"{n}:{t}" for n, t in zip(self.names, self.types)).encode())
-        for row in sorted("\t".join(r) for r in self.rows):
-            h.update(b"\n" + row.encode())
-        return {"sha256": h.hexdigest(), "rows": len(self.rows)}
+        """sha256 of the header and the sorted rows (``sha256``: the same for a file whose rows
+        were only reordered, different as soon as one value changes) and of the rows in file
+        order (``order_sha256``): RecBole numbers ids in order of appearance and breaks
+        timestamp ties by row order, so a reordered file trains another model."""
+        header = "\t".join(f"{n}:{t}" for n, t in zip(self.names, self.types)).encode()
+        content, order = hashlib.sha256(header), hashlib.sha256(header)
+        for h, rows in ((content, sorted("\t".join(r) for r in self.rows)), (order, ("\t".join(r) for r in self.rows))):
+            for row in rows:
+                h.update(b"\n" + row.encode())
+        return {"sha256": content.hexdigest(), "rows": len(self.rows), "order_sha256": order.hexdigest()}
 
 
-def fingerprint_changes(saved, current):
+def fingerprint_changes(saved, current, order_matters=True):
     """What differs between two {file name: fingerprint} maps: the files a run or checkpoint
-    read (``saved``) and the same folder's files now (``current``), one phrase per file."""
+    read (``saved``) and the same folder's files now (``current``), one phrase per file.
+    ``order_matters=False`` (a checkpoint, which maps ids by token) ignores reordered rows;
+    a fingerprint recorded before ``order_sha256`` existed is compared on content alone."""
     changes = []
     for name in sorted(set(saved) | set(current)):
         was, now = saved.get(name), current.get(name)
-        if was == now:
-            continue
         if was is None:
             changes.append(f"{name} is new since training")
         elif now is None:
             changes.append(f"{name} was read at training and is missing now")
         elif was["rows"] != now["rows"]:
             changes.append(f"{name} has {now['rows']} rows (was {was['rows']})")
-        else:
+        elif was["sha256"] != now["sha256"]:
             changes.append(f"{name} has other content (same number of rows)")
+        elif order_matters and None not in (was.get("order_sha256"), now.get("order_sha256")) \
+                and was["order_sha256"] != now["order_sha256"]:
+            changes.append(f"{name} has the same rows in another order (ids and timestamp ties follow row order)")
     return changes
 
 

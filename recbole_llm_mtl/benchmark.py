@@ -374,7 +374,7 @@ def _resume_state(path):
     the model's results version it was made under."""
     from recbole_llm_mtl.trainer import load_checkpoint
 
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, mmap=True)  # the settings only, not the weights
     return {"config_input": {k: v for k, v in state.get("config_input", {}).items() if k != "dataset"},
             **({"results_version": state["results_version"]} if "results_version" in state else {})}
 

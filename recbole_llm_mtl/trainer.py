@@ -49,12 +49,14 @@ def latest_resume_file(checkpoint_dir):
     return max(found, key=os.path.getmtime) if found else None
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint written by this project; anything else is refused clearly."""
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """Load a checkpoint written by this project; anything else is refused clearly.
+    ``mmap=True`` maps the tensors instead of reading them, for callers that want only the
+    metadata (a fine-tuned language model's weights can be gigabytes)."""
     if not path or not os.path.isfile(path):
         raise ConfigError(f"checkpoint '{path}' not found (checkpoints are in saved/ by default)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises many types for foreign/corrupt files
         raise ConfigError(f"checkpoint '{path}' is not a recbole-llm-mtl checkpoint or is corrupt "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e

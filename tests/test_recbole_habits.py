@@ -94,3 +94,32 @@ def test_resume_under_another_results_version_is_refused(last_checkpoint, tiny_r
     assert (f"checkpoint '{old}' was trained by LLMMTL code of results version 0; this code computes version 1"
             in str(e.value))
     assert "\n" not in str(e.value)
+
+
+ANOMALY_PROBE = """
+import json, sys, torch
+from recbole_llm_mtl.quick_start import run
+seen = []
+def during_training(built, trainer):
+    seen.append(torch.is_anomaly_enabled())
+torch.autograd.set_detect_anomaly(sys.argv[3] == "on")
+run(sys.argv[4], "amazon", config_dict={"data_path": sys.argv[1], "show_progress": False, "epochs": 1,
+    "train_batch_size": 256, "state": "ERROR", "checkpoint_dir": sys.argv[2]}, saved=False, on_built=during_training)
+print(json.dumps(seen + [torch.is_anomaly_enabled()]))
+"""
+
+
+@pytest.mark.parametrize("model", ["SASRec", "FDSA"])
+def test_importing_recbole_models_leaves_anomaly_detection_as_it_was(model, tiny_root, tmp_path):
+    """RecBole's sine.py turns autograd anomaly detection on for the whole process when its
+    sequential models are imported: every baseline then trained about 1.4x slower (same
+    numbers). A fresh process, as a user's run is: off stays off, on (a user debugging) stays on."""
+    import json
+    import subprocess
+    import sys
+
+    for state in ("off", "on"):
+        proc = subprocess.run([sys.executable, "-c", ANOMALY_PROBE, tiny_root, str(tmp_path), state, model],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == [state == "on"] * 2

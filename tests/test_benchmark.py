@@ -41,6 +41,9 @@ def test_harness_tiny_and_resumable(tiny_root, workdir):
     assert "| user text | LLMMTL + user text | LLMMTL | not active on this dataset" in table
     assert "| part | row | against | test gain |" in table and "| valid gain |" in table
     _check_provenance(out / "runs" / "amazon-tiny" / "LLMMTL-seed2020.json")
+    # BPR trained as fast as it can: importing RecBole's models left anomaly detection off
+    assert json.loads((out / "runs" / "amazon-tiny" / "BPR-seed2020.json").read_text())[
+        "provenance"]["autograd_anomaly"] is False and "†" not in table
     # the paired test over users: LLMMTL against the only (so the best) baseline
     test = data["significance"]["LLMMTL"]
     assert test["baseline"] == "BPR" and test["users"] == 300 and 0 <= test["p_wilcoxon"] <= 1
@@ -340,6 +343,21 @@ def test_reordered_rows_make_a_run_stale_but_not_a_checkpoint(tiny_root, tmp_pat
     assert fingerprint_changes(was, now, order_matters=False) == []
     before_order_hash = {"amazon.inter": {k: v for k, v in was["amazon.inter"].items() if k != "order_sha256"}}
     assert data_change(before_order_hash, spec) is None
+
+
+def test_rows_timed_with_anomaly_detection_are_marked():
+    """Runs recorded before the anomaly state was: RecBole's models trained with it on, ours
+    off; a recorded state wins. The table marks the timings of such rows and says why."""
+    from recbole_llm_mtl.benchmark import _results_table, trained_with_anomaly_detection
+
+    assert trained_with_anomaly_detection({"model": "SASRec"}) is True
+    assert trained_with_anomaly_detection({"model": "LLMMTL"}) is False
+    assert trained_with_anomaly_detection({"model": "SASRec", "provenance": {"autograd_anomaly": False}}) is False
+    rows = [{**_row("LLMMTL", 0.07, 0.08), "anomaly_timed": 0}, {**_row("SASRec", 0.06, 0.07), "anomaly_timed": 2}]
+    lines = _results_table(rows, {}, {})
+    assert "| 1.0 | 10 |" in lines[2] and "| 1.0 † | 10 † |" in lines[3]
+    assert lines[-1].startswith("† trained with autograd anomaly detection on") and lines[-1].endswith(
+        ": SASRec (2 of 3 seeds).")
 
 
 def _row(name, ndcg, valid, std=0.001):

@@ -19,6 +19,8 @@ def test_speed_report_on_tiny_slice(tiny_root, workdir):
     for target in ("1. time to SASRec's best valid", "2a. text encoding FLOP/s", "2b. encoding speed-up",
                    "3. warm start", "4a. full-sort evaluation", "4b. top-10 for one user", "5. peak RSS"):
         assert target in report
+    # the figures depend on the CPU: the report names it and whether it has native bfloat16
+    assert "native bfloat16: " in report.splitlines()[2] and "CPU cores" in report.splitlines()[2]
     res = json.loads((out / "speed.json").read_text())
     # the timed runs trained from scratch (no resume) and their histories reached a score
     ttq = res["time_to_quality"]

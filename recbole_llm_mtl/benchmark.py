@@ -494,7 +494,8 @@ def _mean_std(row, key, vals):
 
 def trained_with_anomaly_detection(result):
     """Whether the run trained with autograd anomaly detection on. Runs made before it was
-    recorded: RecBole's models yes (importing them turned it on, until the mend), ours no."""
+    recorded: RecBole's models yes (importing them turned it on, until the mend), ours no.
+    A run resumed across the mend records the state of its last part (none exists)."""
     from recbole_llm_mtl.config import plugin_models
 
     recorded = (result.get("provenance") or {}).get("autograd_anomaly")
@@ -766,9 +767,8 @@ def _results_table(rows, significance, reference):
                      + " | - | - | - | - | - | - | - |")
     slow = [f"{r['model']} ({r['anomaly_timed']} of {r['seeds']} seeds)" for r in rows if r.get("anomaly_timed")]
     if slow:
-        lines += ["", "† trained with autograd anomaly detection on, which importing RecBole's models turned on "
-                  "until it was mended: its training time is inflated (FDSA's step took 1.4x as long), "
-                  "its metrics are the same: " + ", ".join(slow) + "."]
+        lines += ["", "† trained with autograd anomaly detection on (importing RecBole's models turned it on until "
+                  "it was mended): training time inflated, metrics the same: " + ", ".join(slow) + "."]
     return lines
 
 

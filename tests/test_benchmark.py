@@ -356,7 +356,7 @@ def test_rows_timed_with_anomaly_detection_are_marked():
     rows = [{**_row("LLMMTL", 0.07, 0.08), "anomaly_timed": 0}, {**_row("SASRec", 0.06, 0.07), "anomaly_timed": 2}]
     lines = _results_table(rows, {}, {})
     assert "| 1.0 | 10 |" in lines[2] and "| 1.0 † | 10 † |" in lines[3]
-    assert lines[-1].startswith("† trained with autograd anomaly detection on") and lines[-1].endswith(
+    assert lines[-1].startswith("† trained with autograd anomaly detection on (") and lines[-1].endswith(
         ": SASRec (2 of 3 seeds).")
 
 

@@ -30,7 +30,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPUs that multiply bfloat16 in hardware
 
 
-def _cpu_has_native_bf16():
+def cpu_has_native_bf16():
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
@@ -55,7 +55,7 @@ def resolve_dtype(name, device="cpu", trainable=False):
         return "float32"
     if torch.device(device).type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if _cpu_has_native_bf16() else "float32"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
 def default_model_dir():

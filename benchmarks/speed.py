@@ -165,7 +165,8 @@ def machine_line():
     from recbole_llm_mtl.text.encoder import NATIVE_BF16_CPU_FLAGS, cpu_has_native_bf16
 
     bf16 = "yes" if cpu_has_native_bf16() else f"no ({'/'.join(NATIVE_BF16_CPU_FLAGS)} absent)"
-    return (f"{machine()['cpu']} ({platform.machine()}), {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+    host = machine()
+    return (f"{host['cpu']} ({platform.machine()}), {host['cores']} CPU cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, native bfloat16: {bf16}")
 
 

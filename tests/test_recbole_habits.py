@@ -111,7 +111,7 @@ print(json.dumps(seen + [torch.is_anomaly_enabled()]))
 
 def test_importing_recbole_models_leaves_anomaly_detection_as_it_was(tiny_root, tmp_path):
     """RecBole's sine.py turns autograd anomaly detection on for the whole process when its
-    sequential models are imported: every baseline then trained about 1.4x slower (same
+    sequential models are imported: every baseline then trained about 1.5x slower (same
     numbers). A fresh process, as a user's run is: off stays off (fails without the mend);
     on (a user debugging) stays on (fails if the mend forced it off)."""
     import json

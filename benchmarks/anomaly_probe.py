@@ -19,15 +19,14 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
 def same_metrics(dataset):
-    from conftest import write_slice
+    from recbole_llm_mtl.data.atomic import write_user_slice
     from recbole_llm_mtl.quick_start import run
 
     root = tempfile.mkdtemp(prefix="anomaly-")
-    write_slice(os.path.join(ROOT, "dataset", dataset), os.path.join(root, dataset), 300)
+    write_user_slice(os.path.join(ROOT, "dataset", dataset), os.path.join(root, dataset), 300)
     for model in ("SASRec", "FDSA"):
         results = {}
         for state in (False, True):

@@ -10,33 +10,13 @@ SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 sys.path.insert(0, ROOT)
 
 
-def write_slice(src_dir, out_dir, n_users):
-    """First ``n_users`` users of ``src_dir/amazon`` (and only their items) into ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(src_dir, "amazon.inter"), encoding="utf-8") as f:
-        header, *rows = f.read().splitlines()
-    users, kept = [], []
-    for row in rows:
-        user = row.split("\t", 1)[0]
-        if user not in users:
-            if len(users) == n_users:
-                break
-            users.append(user)
-        kept.append(row)
-    items = {r.split("\t")[1] for r in kept}
-    with open(os.path.join(out_dir, "amazon.inter"), "w", encoding="utf-8") as f:
-        f.write("\n".join([header] + kept) + "\n")
-    with open(os.path.join(src_dir, "amazon.item"), encoding="utf-8") as f:
-        ih, *irows = f.read().splitlines()
-    with open(os.path.join(out_dir, "amazon.item"), "w", encoding="utf-8") as f:
-        f.write("\n".join([ih] + [r for r in irows if r.split("\t", 1)[0] in items]) + "\n")
-
-
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
     """data_path holding ``amazon/`` with 300 real users of the shipped dataset."""
+    from recbole_llm_mtl.data.atomic import write_user_slice
+
     root = tmp_path_factory.mktemp("data")
-    write_slice(os.path.join(ROOT, "dataset", "amazon"), str(root / "amazon"), 300)
+    write_user_slice(os.path.join(ROOT, "dataset", "amazon"), str(root / "amazon"), 300)
     return str(root)
 
 

@@ -2,6 +2,7 @@
 repaired (real 300-user amazon slice, edited in tmp_path)."""
 
 import os
+import pathlib
 import shutil
 import warnings
 
@@ -154,3 +155,25 @@ def test_recbole_future_warnings_do_not_reach_the_user(tiny_root, cache_dir, wor
             warnings.warn("ours", FutureWarning)
     future = [str(w.message)[:80] for w in caught if issubclass(w.category, FutureWarning)]
     assert future == ["ours"]
+
+
+def test_user_slice_keeps_whole_users_and_only_their_rows(tmp_path):
+    """write_user_slice on RecBole's own ml-100k (.inter, .item, .user): the first users in file
+    order with every interaction of theirs, their .user rows and the items they touched."""
+    import recbole
+
+    from recbole_llm_mtl.data.atomic import write_user_slice
+
+    src = os.path.join(os.path.dirname(recbole.__file__), "dataset_example", "ml-100k")
+    kept = write_user_slice(src, str(tmp_path / "ml-100k"), 25)
+    inter = [r.split("\t") for r in _lines(tmp_path / "ml-100k" / "ml-100k.inter")[1:]]
+    full = [r.split("\t") for r in _lines(pathlib.Path(src) / "ml-100k.inter")[1:]]
+    first = list(dict.fromkeys(r[0] for r in full))[:25]
+    assert kept == len(inter) and {r[0] for r in inter} == set(first)
+    assert sorted(map(tuple, inter)) == sorted(tuple(r) for r in full if r[0] in set(first))
+    users = [r.split("\t")[0] for r in _lines(tmp_path / "ml-100k" / "ml-100k.user")[1:]]
+    assert sorted(users) == sorted(first)
+    items = {r.split("\t")[0] for r in _lines(tmp_path / "ml-100k" / "ml-100k.item")[1:]}
+    assert items == {r[1] for r in inter}
+    with pytest.raises(DataError, match="nothing to slice"):
+        write_user_slice(str(tmp_path), str(tmp_path / "out"), 5, name="missing")

@@ -744,11 +744,11 @@ def _main_table(rows, significance, reference):
     if secondary:
         lines += ["", "Secondary baselines, not part of the main comparison: "
                   + "; ".join(f"{r['model']}: {SECONDARY[r['model']]}" for r in secondary) + ".", ""]
-        lines += _results_table(secondary, significance, {})
+        lines += _results_table(secondary, significance, {}, footnote_above=any(line.startswith("† ") for line in lines))
     return lines
 
 
-def _results_table(rows, significance, reference):
+def _results_table(rows, significance, reference, footnote_above=False):
     cols = METRICS
     paired_with = next((t["baseline"] for t in significance.values()), None)
     lines = ["| model | seeds | " + " | ".join(cols) + f" | valid ndcg@10 | p vs {paired_with or 'best baseline'}"
@@ -766,7 +766,9 @@ def _results_table(rows, significance, reference):
         lines.append(f"| {name} | - | " + " | ".join(f"{vals[c]:.4f}" if c in vals else "-" for c in cols)
                      + " | - | - | - | - | - | - | - |")
     slow = [f"{r['model']} ({r['anomaly_timed']} of {r['seeds']} seeds)" for r in rows if r.get("anomaly_timed")]
-    if slow:
+    if slow and footnote_above:
+        lines += ["", "† as above: " + ", ".join(slow) + "."]
+    elif slow:
         lines += ["", "† trained with autograd anomaly detection on (importing RecBole's models turned it on until "
                   "it was mended): training time inflated, metrics the same: " + ", ".join(slow) + "."]
     return lines

@@ -347,8 +347,9 @@ def test_reordered_rows_make_a_run_stale_but_not_a_checkpoint(tiny_root, tmp_pat
 
 def test_rows_timed_with_anomaly_detection_are_marked():
     """Runs recorded before the anomaly state was: RecBole's models trained with it on, ours
-    off; a recorded state wins. The table marks the timings of such rows and says why."""
-    from recbole_llm_mtl.benchmark import _results_table, trained_with_anomaly_detection
+    off; a recorded state wins. The table marks the timings of such rows and says why, once:
+    the secondary table refers to the footnote above it."""
+    from recbole_llm_mtl.benchmark import _main_table, _results_table, trained_with_anomaly_detection
 
     assert trained_with_anomaly_detection({"model": "SASRec"}) is True
     assert trained_with_anomaly_detection({"model": "LLMMTL"}) is False
@@ -358,6 +359,11 @@ def test_rows_timed_with_anomaly_detection_are_marked():
     assert "| 1.0 | 10 |" in lines[2] and "| 1.0 † | 10 † |" in lines[3]
     assert lines[-1].startswith("† trained with autograd anomaly detection on (") and lines[-1].endswith(
         ": SASRec (2 of 3 seeds).")
+    both = _main_table(rows + [{**_row("BERT4Rec", 0.03, 0.04), "anomaly_timed": 3}], {}, {})
+    assert [line.split(":")[0] for line in both if line.startswith("†")] == [
+        "† trained with autograd anomaly detection on (importing RecBole's models turned it on until it was mended)",
+        "† as above"]
+    assert both[-1] == "† as above: BERT4Rec (3 of 3 seeds)."
 
 
 def _row(name, ndcg, valid, std=0.001):

@@ -389,12 +389,12 @@ def config_change(was, spec):
     """How the config input ``was`` differs from the one ``spec`` resolves now (keys of
     ``NOT_CONFIG``, keys the spec's model never reads, keys that change nothing under both
     configs (``inert_keys``) and new keys whose value is ``~`` aside), or None."""
-    from recbole_llm_mtl.config_rules import keys_without_effect
+    from recbole_llm_mtl.config_rules import keys_without_effect, with_added_keys
     from recbole_llm_mtl.trainer import plain_config
 
     config = _spec_config(spec)
     now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
-    was = json.loads(json.dumps(was, default=str))
+    was = with_added_keys(spec["model"], json.loads(json.dumps(was, default=str)))
     # a key only our models read (a dataset YAML's item_text_views) does not change a RecBole model's run
     ignored = NOT_CONFIG | keys_without_effect(spec["model"], now, {**now, **was})
     changed = sorted(k for k in set(now) | set(was) if k not in ignored and now.get(k) != was.get(k)

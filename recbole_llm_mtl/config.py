@@ -17,7 +17,7 @@ import yaml
 from recbole.config import Config
 from recbole.model.abstract_recommender import AbstractRecommender
 
-from recbole_llm_mtl.config_rules import validate_config
+from recbole_llm_mtl.config_rules import validate_config, with_added_keys
 from recbole_llm_mtl.data.validate import check_dataset_files
 from recbole_llm_mtl.errors import ConfigError
 
@@ -216,8 +216,11 @@ def build_config(model, dataset, config_file_list=None, config_dict=None, cmd_ov
     ``recorded=True``: ``config_dict`` is a run's recorded config input (what our YAML files
     said then, plus its overrides), so today's YAML files are not read: a key added to them
     since (amazon's ``item_text_views``, a tuned ``<model>-<dataset>.yaml``) would rebuild
-    another model than the one that ran."""
+    another model than the one that ran; a key our code added since reads as the value the
+    run had (``config_rules.ADDED_KEYS``)."""
     model_class = get_model_class(model)
+    if recorded:
+        config_dict = with_added_keys(model_class.__name__, config_dict or {})
     user_files = list(config_file_list or [])
     for f in user_files:
         warn_unknown_keys(read_yaml(f), f)

@@ -304,6 +304,7 @@ LLMMTL_RULES = {
     "temperature": POSITIVE_NUMBER,
     # losses
     "behavior_loss": one_of("ce", "bce"),
+    "behavior_items": one_of("train", "all"),
     "neg_samples": Check(_neg_samples_ok, "an integer, >= 1 with behavior_loss: bce"),
     "label_smoothing": PROBABILITY,
     "task_weights": Check(_task_weights_ok, "a mapping of " + ", ".join(TASKS) + " to numbers, "
@@ -355,6 +356,17 @@ def inert_keys(model_name, config):
     if model_name == "LLMMTL" and config.get("llm_mode", "frozen") == "frozen":
         return FINE_TUNING_KEYS
     return frozenset()
+
+
+# Keys added after runs were recorded, each with the value that reproduces what those runs did:
+# a recorded config input without the key ran that way, so it is neither stale nor rebuilt
+# as something else (a missing key would otherwise read as None).
+ADDED_KEYS = {"LLMMTL": {"behavior_items": "train"}}
+
+
+def with_added_keys(model_name, config_input):
+    """A recorded ``config_input`` (a mapping) with each key added since at the value it ran with."""
+    return {**ADDED_KEYS.get(model_name, {}), **config_input}
 
 
 def keys_without_effect(model_name, *configs):

@@ -485,3 +485,22 @@ def test_keys_that_change_nothing_under_the_run_do_not_make_it_stale(tiny_root, 
     tuned = dict(spec, overrides={**spec["overrides"], "llm_mode": "lora"})
     assert config_change({**was, "llm_mode": "lora"}, tuned) == (
         "config changed: lora_r 99 -> 8, tuned_items_per_step None -> 64")
+
+
+def test_a_key_added_since_reads_as_the_value_its_runs_had(tiny_root, tmp_path):
+    """behavior_items came after the amazon rows: a recorded config without it ran with the
+    training items' softmax, so it is current against ``train`` (the default), stale against
+    ``all``, and a re-run from the record rebuilds ``train``, not a missing key."""
+    from conftest import tiny_overrides
+    from recbole_llm_mtl.benchmark import _spec_config, config_change
+    from recbole_llm_mtl.config import build_config
+    from recbole_llm_mtl.trainer import plain_config
+
+    spec = {"model": "LLMMTL", "dataset": "amazon", "overrides": tiny_overrides(tiny_root, str(tmp_path)),
+            "checkpoint_dir": str(tmp_path / "ckpt")}
+    now = json.loads(json.dumps(plain_config(_spec_config(spec).external_config_dict), default=str))
+    was = {k: v for k, v in now.items() if k != "behavior_items"}
+    assert now["behavior_items"] == "train" and config_change(was, spec) is None
+    every = dict(spec, overrides={**spec["overrides"], "behavior_items": "all"})
+    assert config_change(was, every) == "config changed: behavior_items 'train' -> 'all'"
+    assert build_config("LLMMTL", "amazon", config_dict=was, recorded=True)["behavior_items"] == "train"

@@ -69,3 +69,18 @@ def test_cold_items_are_not_softmax_negatives(tiny_root, cache_dir):
         assert torch.equal(before, after)
         model.item_text[model.train_items[:5]] += 10.0  # a seen item's vector does matter
         assert not torch.equal(after, model.calculate_loss(batch)[0])
+
+
+def test_behavior_items_all_lets_cold_items_compete(tiny_root, cache_dir):
+    """``behavior_items: all`` (the alternative the default was chosen against): every item
+    but padding is in the softmax, so a cold item's vector moves the loss."""
+    config, train, valid, test, model = build("LLMMTL", tiny_root, cache_dir, cold_item_ratio=0.1,
+                                              item_id_embedding=False, behavior_items="all")
+    cold = train._dataset.cold_items
+    assert model.train_items.tolist() == list(range(1, len(cold)))
+    batch = next(iter(train))
+    model.eval()
+    with torch.no_grad():
+        before = model.calculate_loss(batch)[0]
+        model.item_text[cold] = torch.randn(int(cold.sum()), model.item_text.size(1)) * 10
+        assert not torch.equal(before, model.calculate_loss(batch)[0])

@@ -95,6 +95,7 @@ BAD = [
     ("LLMMTL", {"llm_dtype": "fp16"}, "llm_dtype 'fp16' is not allowed: expected one of auto, float32"),
     ("LLMMTL", {"scorer": "cosine"}, "scorer 'cosine' is not allowed: expected one of mlp, dot"),
     ("LLMMTL", {"behavior_loss": "bpr"}, "behavior_loss 'bpr' is not allowed: expected one of ce, bce"),
+    ("LLMMTL", {"behavior_items": "cold"}, "behavior_items 'cold' is not allowed: expected one of train, all"),
     ("LLMMTL", {"task_weighting": "learned"}, "task_weighting 'learned' is not allowed: expected one of fixed"),
     ("LLMMTL", {"use_text": "no"}, "use_text 'no' is not allowed: expected True or False"),
     ("LLMMTL", {"use_text": False, "item_id_embedding": False},

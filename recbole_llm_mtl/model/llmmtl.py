@@ -72,6 +72,7 @@ class LLMMTL(SequentialRecommender):
         self.item_id_embedding = config["item_id_embedding"]
         self.scorer_mode = config["scorer"]
         self.behavior_loss = config["behavior_loss"]
+        self.behavior_items = config["behavior_items"]
         self.neg_samples = config["neg_samples"]
         self.label_smoothing = config["label_smoothing"]
         self.profile_horizon = config["profile_horizon"]
@@ -112,8 +113,8 @@ class LLMMTL(SequentialRecommender):
                                        config["temperature"], config["normalize_scores"])
 
         # ---- tasks: named heads, each with its targets and loss ----
-        tasks = {"behavior": BehaviorTask(features.seen, self.behavior_loss, self.neg_samples,
-                                          self.label_smoothing)}
+        competing = features.seen if self.behavior_items == "train" else torch.arange(self.n_items) > 0
+        tasks = {"behavior": BehaviorTask(competing, self.behavior_loss, self.neg_samples, self.label_smoothing)}
         makers = {"user_profile": lambda labels: UserProfileTask(self.hidden_size, labels, self.profile_horizon),
                   "item_semantics": lambda labels: ItemSemanticsTask(self.hidden_size, labels)}
         for name in auxiliary_tasks(weights):

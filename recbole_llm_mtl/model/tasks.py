@@ -18,12 +18,13 @@ Step = namedtuple("Step", "h_v h_a h_u query scorer items next_items valid batch
 
 
 class BehaviorTask(nn.Module):
-    """Next-item prediction at every position: softmax CE over the items seen in training,
-    or BCE against ``neg_samples`` sampled negatives.
+    """Next-item prediction at every position: softmax CE over the competing items (``seen``),
+    or BCE against ``neg_samples`` negatives sampled from them.
 
-    Items with no training interaction are unknown to the model, not negatives: a softmax
-    that pushes them down at every step would bury new (cold) items whose text resembles
-    what users buy. Only items seen in training compete in the loss."""
+    By default (``behavior_items: train``) those are the items seen in training: items with
+    no training interaction are unknown to the model, not negatives, and a softmax that
+    pushes them down at every step would bury new (cold) items whose text resembles what
+    users buy. ``all`` lets every item compete."""
 
     name = "behavior"
 

@@ -508,7 +508,14 @@ def summarize_row(name, results):
     for m in METRICS:
         _mean_std(row, m, [r["test_result"][m] for r in results])
     _mean_std(row, "valid_ndcg@10", [r["best_valid_result"]["ndcg@10"] for r in results])
-    for key in ("best_epoch", "seconds_per_epoch", "fit_seconds", "eval_seconds", "peak_rss_mb"):
+    from recbole_llm_mtl.trainer import kept_epoch
+
+    # from the history where there is one: runs before the mend recorded the first maximum
+    epochs = [kept_epoch(r["history"], r.get("valid_score_bigger", True)) if r.get("history") else r.get("best_epoch")
+              for r in results]
+    epochs = [e for e in epochs if e is not None]
+    row["best_epoch"] = statistics.mean(epochs) if epochs else None
+    for key in ("seconds_per_epoch", "fit_seconds", "eval_seconds", "peak_rss_mb"):
         vals = [r[key] for r in results if r.get(key) is not None]
         row[key] = statistics.mean(vals) if vals else None
     row["anomaly_timed"] = sum(trained_with_anomaly_detection(r) for r in results)

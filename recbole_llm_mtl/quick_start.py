@@ -19,7 +19,7 @@ from recbole_llm_mtl.build import build
 from recbole_llm_mtl.config import build_config
 from recbole_llm_mtl.data.dataset import readable_files
 from recbole_llm_mtl.errors import LLMMTLError
-from recbole_llm_mtl.trainer import make_trainer, plain_config
+from recbole_llm_mtl.trainer import kept_epoch, make_trainer, plain_config
 
 
 def evaluate_cold_and_warm(trainer, config, eval_data, split, show_progress):
@@ -109,7 +109,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, cmd_overrides=N
 
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
-    best_epoch = max(history, key=lambda h: h[1])[0] if history else None
+    best_epoch = kept_epoch(history, config["valid_metric_bigger"])
     return {
         "model": config["model"],
         "dataset": config["dataset"],

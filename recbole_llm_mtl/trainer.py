@@ -104,6 +104,17 @@ def data_identity(dataset):
     return {**ids, "fingerprint": getattr(dataset, "data_fingerprint", {})}
 
 
+def kept_epoch(history, bigger=True):
+    """The epoch whose model early stopping kept, from ``(epoch, valid score, ...)`` rows:
+    RecBole's rule, under which a tie replaces the best (valid scores are rounded to 4
+    places, so ties are common), not the first maximum."""
+    kept, best = None, None
+    for epoch, score, *_ in history:
+        if best is None or (score >= best if bigger else score <= best):
+            kept, best = epoch, score
+    return kept
+
+
 def _to_lists(x):
     return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
 

@@ -678,8 +678,8 @@ def config_report(name, results, dataset):
     from recbole_llm_mtl.config_rules import keys_without_effect
 
     configs = [r["config"] for r in results if r.get("config")]
-    if not configs:
-        return {"recorded": False}
+    if not configs:  # older runs kept the commit alone
+        return {"recorded": False, "commits": sorted({str(r["commit"]) for r in results if r.get("commit")})}
     prov = [r.get("provenance", {}) for r in results]
     # the recorded folder only locates the files the config checks; on another machine it may be gone
     recorded = configs[0]["data_path"]
@@ -885,7 +885,8 @@ def _config_lines(configs):
     machines, packages = set(), set()
     for name, c in configs.items():
         if not c["recorded"]:
-            lines.append(f"| {name} | (not recorded: run made before configs were kept) | - | - | - |")
+            lines.append(f"| {name} | (not recorded: run made before configs were kept) | - | "
+                         f"{', '.join(c['commits']) or '-'} | - |")
             continue
         machines.update(c["machines"])
         packages.update(c["packages"])

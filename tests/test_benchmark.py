@@ -528,3 +528,16 @@ def test_best_epoch_is_the_one_early_stopping_kept():
         assert kept_epoch(r["history"]) == saved, r["model"]
         ties += saved != max(r["history"], key=lambda h: h[1])[0]
     assert ties > 0  # the first maximum would differ on some of these runs
+
+
+def test_a_run_without_a_recorded_config_still_shows_its_commit():
+    """BERT4Rec's committed run predates recorded configs but kept its commit: the
+    configurations table names that commit instead of '-'."""
+    from recbole_llm_mtl.benchmark import _config_lines, config_report
+
+    with open(os.path.join(ROOT, "benchmarks", "results", "runs", "amazon", "BERT4Rec-seed2020.json")) as f:
+        run = json.load(f)
+    report = config_report("BERT4Rec", [run], "amazon")
+    assert report == {"recorded": False, "commits": [run["commit"]]} and run["commit"]
+    assert f"| BERT4Rec | (not recorded: run made before configs were kept) | - | {run['commit']} | - |" in (
+        _config_lines({"BERT4Rec": report}))

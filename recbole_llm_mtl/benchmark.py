@@ -795,7 +795,9 @@ def _significance_lines(significance, rows, best):
               "Test NDCG@10 per user (averaged over the row's seeds), each row against the best baseline on "
               "the same users" + _paired_with_note(significance, best) + ": mean difference, its 95% "
               "paired-bootstrap interval and the two-sided Wilcoxon signed-rank p-value (users scored "
-              "equally by both, mostly both zero, are left out of it).", "",
+              "equally by both, mostly both zero, are left out of it). Seed-to-seed variance does not enter "
+              "this p-value (each user's score is averaged over the seeds first): the seed standard "
+              "deviations of the main table are the check against it.", "",
               "| row | vs | users | mean difference | 95% CI | Wilcoxon p |", "|---|---|---|---|---|---|"]
     for name, t in significance.items():
         lines.append(f"| {name} | {t['baseline']} | {t['users']} | {t['mean_diff']:+.4f} | "

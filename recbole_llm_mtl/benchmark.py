@@ -675,9 +675,9 @@ def config_report(name, results, dataset):
     """A row's config against the model's defaults, what its model YAML sets, and any key on
     which its seeds' configs disagree (runs made with different code or settings)."""
     from recbole_llm_mtl.config import plugin_models
-    from recbole_llm_mtl.config_rules import keys_without_effect
+    from recbole_llm_mtl.config_rules import keys_without_effect, with_added_keys
 
-    configs = [r["config"] for r in results if r.get("config")]
+    configs = [with_added_keys(r["model"], r["config"]) for r in results if r.get("config")]
     if not configs:  # older runs kept the commit alone
         return {"recorded": False, "commits": sorted({str(r["commit"]) for r in results if r.get("commit")})}
     prov = [r.get("provenance", {}) for r in results]

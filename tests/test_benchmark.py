@@ -504,6 +504,11 @@ def test_a_key_added_since_reads_as_the_value_its_runs_had(tiny_root, tmp_path):
     every = dict(spec, overrides={**spec["overrides"], "behavior_items": "all"})
     assert config_change(was, every) == "config changed: behavior_items 'train' -> 'all'"
     assert build_config("LLMMTL", "amazon", config_dict=was, recorded=True)["behavior_items"] == "train"
+    from recbole_llm_mtl.benchmark import config_report
+
+    with open(os.path.join(ROOT, "benchmarks", "results", "runs", "amazon", "LLMMTL-seed2020.json")) as f:
+        run = json.load(f)  # recorded before the key: no difference from the defaults
+    assert "behavior_items" not in run["config"] and config_report("LLMMTL", [run], "amazon")["vs_defaults"] == {}
 
 
 def test_best_epoch_is_the_one_early_stopping_kept():

@@ -175,5 +175,9 @@ def test_user_slice_keeps_whole_users_and_only_their_rows(tmp_path):
     assert sorted(users) == sorted(first)
     items = {r.split("\t")[0] for r in _lines(tmp_path / "ml-100k" / "ml-100k.item")[1:]}
     assert items == {r[1] for r in inter}
+    before = (tmp_path / "ml-100k" / "ml-100k.inter").read_text()
+    with pytest.raises(DataError, match="ml-100k.inter.* already exist"):
+        write_user_slice(src, str(tmp_path / "ml-100k"), 5)
+    assert (tmp_path / "ml-100k" / "ml-100k.inter").read_text() == before
     with pytest.raises(DataError, match="nothing to slice"):
         write_user_slice(str(tmp_path), str(tmp_path / "out"), 5, name="missing")

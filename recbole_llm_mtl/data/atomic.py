@@ -46,12 +46,12 @@ def write_atomic_files(out, name, overwrite=False, **files):
     return targets
 
 
-def write_user_slice(src_dir, out_dir, n_users, name=None):
+def write_user_slice(src_dir, out_dir, n_users, name=None, overwrite=False):
     """A small real copy of a dataset: the first ``n_users`` users of ``<name>.inter`` (in file
     order) with all their interactions, and of every other ``<name>.*`` atomic file the rows of
     those users (files with a ``user_id`` column) or of their items (an ``item_id`` column);
-    files with neither are copied whole. ``name`` defaults to the folder's name. Returns the
-    number of interactions kept."""
+    files with neither are copied whole. ``name`` defaults to the folder's name. Existing files
+    in ``out_dir`` are not replaced unless ``overwrite``. Returns the number of interactions kept."""
     name = name or os.path.basename(os.path.normpath(src_dir))
     tables = {}
     for entry in sorted(os.listdir(src_dir)):
@@ -73,6 +73,10 @@ def write_user_slice(src_dir, out_dir, n_users, name=None):
     users = set(list(dict.fromkeys(r[u] for r in tables["inter"][1]))[:n_users])  # in file order
     inter = [r for r in tables["inter"][1] if r[u] in users]
     keep = {"user_id": users, "item_id": {r[i] for r in inter}}
+    targets = {suffix: os.path.join(out_dir, f"{name}.{suffix}") for suffix in tables}
+    existing = [path for path in targets.values() if os.path.exists(path)]
+    if existing and not overwrite:
+        raise DataError(f"{', '.join(existing)} already exist(s); pass overwrite=True to replace")
     os.makedirs(out_dir, exist_ok=True)
     for suffix, (header, rows) in tables.items():
         if suffix == "inter":
@@ -80,6 +84,5 @@ def write_user_slice(src_dir, out_dir, n_users, name=None):
         else:
             by = next(((column(suffix, f), ids) for f, ids in keep.items() if column(suffix, f) is not None), None)
             rows = rows if by is None else [r for r in rows if r[by[0]] in by[1]]
-        atomic_write_text(os.path.join(out_dir, f"{name}.{suffix}"),
-                          "\n".join([header] + ["\t".join(r) for r in rows]) + "\n")
+        atomic_write_text(targets[suffix], "\n".join([header] + ["\t".join(r) for r in rows]) + "\n")
     return len(inter)

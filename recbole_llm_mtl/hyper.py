@@ -133,6 +133,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     from recbole.trainer import HyperTuning
 
     from recbole_llm_mtl.config import get_model_class
+    from recbole_llm_mtl.provenance import provenance
     from recbole_llm_mtl.trainer import latest_resume_file
 
     if not os.path.isfile(params_file):
@@ -168,6 +169,8 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
                       "best_valid_score": result["best_valid_score"], "valid_score_bigger": result["valid_score_bigger"],
                       "best_epoch": result["best_epoch"], "epochs": result["epochs"],
                       "fit_seconds": result["fit_seconds"], "checkpoint": result["checkpoint"],
+                      # (epoch, valid score, seconds): the kept epoch is recomputed from it in the report
+                      "history": result["history"], "provenance": provenance(),
                       # cold-start searches select on these (valid), never on test_cold
                       **{k: result[k] for k in ("valid_cold", "valid_warm") if k in result}}
             with open(base + ".trials.jsonl", "a", encoding="utf-8") as f:
@@ -208,32 +211,50 @@ def rerun_command(model, dataset, params, overrides=None, config_files=None):
     return shlex.join(args)
 
 
+def _trial_epoch(trial):
+    """The epoch early stopping kept (RecBole's rule: a tie replaces the best), recomputed from
+    the trial's history; trials recorded without one (before `b8279dc` the first maximum) keep
+    what they recorded."""
+    from recbole_llm_mtl.trainer import kept_epoch
+
+    if trial.get("history"):
+        return kept_epoch(trial["history"], trial.get("valid_score_bigger", True))
+    return trial.get("best_epoch")
+
+
 def write_report(model, dataset, trials, best, output_dir, overrides=None, config_files=None):
-    """``.md`` and ``.csv`` of every trial: its valid metrics (and test ones only where a
-    search was asked to read test)."""
+    """``.md`` and ``.csv`` of every trial: its valid metrics, those of cold and warm valid items
+    where a cold-start search recorded them, the commit it ran at, and test metrics only where a
+    search was asked to read test."""
     os.makedirs(output_dir, exist_ok=True)
     base = os.path.join(output_dir, f"{model}-{dataset}")
     keys = sorted({k for t in trials for k in t["params"]})
-    columns = [("valid", m) for m in sorted({m for t in trials for m in t["valid"]})]
-    columns += [("test", m) for m in sorted({m for t in trials for m in (t["test"] or {})})]
-    value = lambda t, split, m: (t[split] or {}).get(m)
+    columns = [(split, m) for split in ("valid", "valid_cold", "valid_warm", "test")
+               for m in sorted({m for t in trials for m in (t.get(split) or {})})]
+    value = lambda t, split, m: (t.get(split) or {}).get(m)
+    commit = lambda t: (t.get("provenance") or {}).get("commit", "-")
     with open(base + ".csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial"] + keys + ["valid_score", "best_epoch", "epochs"] + [f"{s}_{m}" for s, m in columns])
+        w.writerow(["trial"] + keys + ["valid_score", "best_epoch", "epochs", "commit"]
+                   + [f"{s}_{m}" for s, m in columns])
         for i, t in enumerate(trials, 1):
-            w.writerow([i] + [t["params"].get(k) for k in keys] + [t["best_valid_score"], t.get("best_epoch"),
-                                                                   t.get("epochs")]
+            w.writerow([i] + [t["params"].get(k) for k in keys]
+                       + [t["best_valid_score"], _trial_epoch(t), t.get("epochs"), commit(t)]
                        + [value(t, s, m) for s, m in columns])
     fmt = lambda v: "-" if v is None else f"{v:.4f}"
     lines = [f"# Tuning {model} on {dataset}", "",
              "Selected on the valid score alone" + ("" if any(t["test"] for t in trials) else "; test was not read") + ".",
-             "", "| trial | " + " | ".join(keys) + " | valid score | best epoch | epochs | "
-             + " | ".join(f"{s} {m}" for s, m in columns) + " |",
-             "|---" * (len(keys) + len(columns) + 4) + "|"]
+             "", "| trial | " + " | ".join(keys) + " | valid score | best epoch | epochs | commit | "
+             + " | ".join(f"{s.replace('_', ' ')} {m}" for s, m in columns) + " |",
+             "|---" * (len(keys) + len(columns) + 5) + "|"]
     for i, t in enumerate(trials, 1):
         lines.append(f"| {i} | " + " | ".join(str(t["params"].get(k)) for k in keys)
-                     + f" | {t['best_valid_score']:.4f} | {t.get('best_epoch')} | {t.get('epochs')} | "
+                     + f" | {t['best_valid_score']:.4f} | {_trial_epoch(t)} | {t.get('epochs')} | {commit(t)} | "
                      + " | ".join(fmt(value(t, s, m)) for s, m in columns) + " |")
+    if any(not t.get("history") for t in trials):
+        lines += ["", "Best epoch: the epoch early stopping kept, recomputed from each trial's history; a trial "
+                  "recorded without its history (commit `-`) shows the epoch it recorded, which before "
+                  "`b8279dc` was the first maximum of a tie."]
     cmd = rerun_command(model, dataset, best or {}, overrides, config_files)
     lines += ["", f"Best parameters: `{best}`", "", "Re-run the best as a plain training run:", "",
               f"    {cmd}", ""]

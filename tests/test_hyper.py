@@ -1,16 +1,20 @@
 """RecBole HyperTuning through our run(): 2 tiny trials end to end."""
 
 import ast
+import csv
+import json
 import os
 import shlex
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, tiny_overrides
 from recbole_llm_mtl import hyper
 from recbole_llm_mtl.errors import LLMMTLError
-from recbole_llm_mtl.hyper import read_space, rerun_command, tune
+from recbole_llm_mtl.hyper import read_space, rerun_command, tune, write_report
 from recbole_llm_mtl.quick_start import parse_args
+from recbole_llm_mtl.trainer import kept_epoch
 
 
 def test_trials_report_and_resume_in_order(tiny_root, cache_dir, workdir, monkeypatch):
@@ -37,6 +41,11 @@ def test_trials_report_and_resume_in_order(tiny_root, cache_dir, workdir, monkey
     assert args.config_files == "x.yaml y.yaml"
     assert all(t["test"] == {} and t["valid"]["ndcg@10"] >= 0 for t in trials), "tuning read the test split"
     assert "test was not read" in table
+    # each trial keeps its history and commit; the report's best epoch is the one early stopping kept
+    rows = list(csv.DictReader(open(workdir / "hyper" / "LLMMTL-amazon.csv")))
+    for t, row in zip(trials, rows):
+        assert row["best_epoch"] == str(kept_epoch(t["history"])) == str(t["best_epoch"])
+        assert row["commit"] == t["provenance"]["commit"] != "-"
 
     # re-running the same search resumes: finished trials are read back, none is trained again
     def no_training(*args, **kwargs):
@@ -57,6 +66,24 @@ def test_trials_report_and_resume_in_order(tiny_root, cache_dir, workdir, monkey
         tune("LLMMTL", "amazon", str(space), algo="exhaustive", config_files=[str(extra)],
              overrides=tiny_overrides(tiny_root, cache_dir, task_weights={"behavior": 1.0}),
              output_dir=str(workdir / "hyper"))
+
+
+def test_report_best_epoch_and_cold_columns(workdir):
+    """The report recomputes the kept epoch from a trial's history (a tie replaces the best, as in
+    RecBole's early stopping) and shows the valid cold/warm metrics a cold-start search selects on."""
+    path = Path(ROOT) / "benchmarks" / "results" / "tuning" / "LLMMTL-amazon-behavior_items.trials.jsonl"
+    trials = [json.loads(line) for line in path.read_text().splitlines()]
+    assert all("history" not in t for t in trials)  # recorded before trials kept their history
+    tied = dict(trials[0], history=[[0, 0.05, 1.0], [1, 0.07, 2.0], [2, 0.06, 3.0], [3, 0.07, 4.0], [4, 0.065, 5.0]],
+                best_epoch=1, provenance={"commit": "abc1234"})
+    write_report("LLMMTL", "amazon", [tied] + trials[1:], {"behavior_items": "train"}, str(workdir))
+    rows = list(csv.DictReader(open(workdir / "LLMMTL-amazon.csv")))
+    assert [r["best_epoch"] for r in rows] == ["3"] + [str(t["best_epoch"]) for t in trials[1:]]
+    assert rows[0]["commit"] == "abc1234" and rows[1]["commit"] == "-"
+    assert [float(r["valid_cold_recall@10"]) for r in rows] == [t["valid_cold"]["recall@10"] for t in trials]
+    table = (workdir / "LLMMTL-amazon.md").read_text()
+    assert "valid cold recall@10" in table and "valid warm ndcg@10" in table
+    assert "recorded without its history" in table  # says which epochs were not recomputed
 
 
 def test_shipped_spaces_parse():

@@ -751,7 +751,8 @@ def _main_table(rows, significance, reference):
     if secondary:
         lines += ["", "Secondary baselines, not part of the main comparison: "
                   + "; ".join(f"{r['model']}: {SECONDARY[r['model']]}" for r in secondary) + ".", ""]
-        lines += _results_table(secondary, significance, {}, footnote_above=any(line.startswith("† ") for line in lines))
+        lines += _results_table(secondary, significance, {},
+                                footnote_above=any(r.get("anomaly_timed") for r in main))
     return lines
 
 

@@ -232,7 +232,8 @@ def write_report(model, dataset, trials, best, output_dir, overrides=None, confi
     columns = [(split, m) for split in ("valid", "valid_cold", "valid_warm", "test")
                for m in sorted({m for t in trials for m in (t.get(split) or {})})]
     value = lambda t, split, m: (t.get(split) or {}).get(m)
-    commit = lambda t: (t.get("provenance") or {}).get("commit", "-")
+    prov = lambda t: t.get("provenance") or {}
+    commit = lambda t: prov(t).get("commit", "-") + (" (dirty)" if prov(t).get("dirty") else "")
     with open(base + ".csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["trial"] + keys + ["valid_score", "best_epoch", "epochs", "commit"]

@@ -76,10 +76,11 @@ def test_report_best_epoch_and_cold_columns(workdir):
     assert all("history" not in t for t in trials)  # recorded before trials kept their history
     tied = dict(trials[0], history=[[0, 0.05, 1.0], [1, 0.07, 2.0], [2, 0.06, 3.0], [3, 0.07, 4.0], [4, 0.065, 5.0]],
                 best_epoch=1, provenance={"commit": "abc1234"})
-    write_report("LLMMTL", "amazon", [tied] + trials[1:], {"behavior_items": "train"}, str(workdir))
+    dirty = dict(trials[1], provenance={"commit": "def5678", "dirty": True})
+    write_report("LLMMTL", "amazon", [tied, dirty] + trials[2:], {"behavior_items": "train"}, str(workdir))
     rows = list(csv.DictReader(open(workdir / "LLMMTL-amazon.csv")))
     assert [r["best_epoch"] for r in rows] == ["3"] + [str(t["best_epoch"]) for t in trials[1:]]
-    assert rows[0]["commit"] == "abc1234" and rows[1]["commit"] == "-"
+    assert [r["commit"] for r in rows[:3]] == ["abc1234", "def5678 (dirty)", "-"]
     assert [float(r["valid_cold_recall@10"]) for r in rows] == [t["valid_cold"]["recall@10"] for t in trials]
     table = (workdir / "LLMMTL-amazon.md").read_text()
     assert "valid cold recall@10" in table and "valid warm ndcg@10" in table

@@ -28,6 +28,7 @@ import gzip
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,6 +151,10 @@ def worker(spec_path):
     result["seconds_per_epoch"] = result["fit_seconds"] / max(result["epochs"], 1)
     result["provenance"] = made_by
     result["commit"] = result["provenance"]["commit"]
+    adopted = os.path.join(spec["checkpoint_dir"], ADOPTED)
+    if os.path.isfile(adopted):  # trained elsewhere (--adopt): this process only tested it
+        with open(adopted) as f:
+            result["adopted_from"] = json.load(f)
     _write_json(_users_path(spec["result"]), result.pop("per_user_ndcg@10"), gzip.open)
     _write_json(spec["result"], result)
 
@@ -208,6 +213,8 @@ def run_all(args):
     for name in dict.fromkeys(n for n, _ in todo):  # a bad config or data folder stops here, not in N workers
         _spec_config({"model": RUNS[name][0], "dataset": args.dataset, "checkpoint_dir": args.checkpoints,
                       "overrides": _row_overrides(args, name)})
+    for path in args.adopt or []:
+        adopt(args, path, todo)
     for k, (name, seed) in enumerate(todo, 1):
         tag = f"[{k}/{len(todo)}] {name} seed {seed}"
         runs_dir = _row_dir(args, name)
@@ -222,6 +229,61 @@ def run_all(args):
             _run_row(args, tag, name, seed, result)
         finally:
             os.unlink(_lock_path(result))
+
+
+ADOPTED = "adopted.json"  # in a row seed's checkpoint folder: where its finished run came from
+
+
+def adopt(args, path, todo):
+    """``--adopt``: a finished run made elsewhere (a tuning trial of ``run_hyper_llm.py``, a
+    plain run) becomes the row seed it equals, so that seed is tested rather than trained
+    again. Its resume state (``*-last.pth``, or the best checkpoint beside it) must match one
+    row seed of this invocation in seed, config (as a resume is checked), model code and data;
+    it is copied into that seed's checkpoint folder with a note of where it came from, and the
+    row's run tests it (reading the test split there, once). Anything else is refused."""
+    from recbole_llm_mtl.provenance import file_sha1
+    from recbole_llm_mtl.trainer import latest_resume_file, load_checkpoint
+
+    resume = path if path.endswith("-last.pth") else path[: -len(".pth")] + "-last.pth"
+    if not os.path.isfile(resume):
+        raise LLMMTLError(f"--adopt {path}: no resume state '{resume}' (a run writes it after every epoch)")
+    state = load_checkpoint(resume, mmap=True)
+    config = state.get("config") or {}
+    if state.get("cur_step", 0) <= config.get("stopping_step", 0) and state["epoch"] + 1 < config.get("epochs", 0):
+        raise LLMMTLError(f"--adopt {path}: that run has not finished (epoch {state['epoch']}, early stopping "
+                          "not reached); finish it first, or let the harness train the row")
+    was = {k: v for k, v in state.get("config_input", {}).items() if k != "dataset"}
+    reasons, matches = {}, []
+    for name, seed in todo:
+        if RUNS[name][0] != state.get("model") or seed != config.get("seed"):
+            continue
+        result = os.path.join(_row_dir(args, name), _slug(name, seed) + ".json")
+        spec = _row_spec(args, name, seed, result)
+        why = (None if state.get("config_input", {}).get("dataset") == args.dataset else "another dataset") or (
+            config_change(was, spec) or results_version_change(state, spec)
+            or data_change((state.get("data") or {}).get("fingerprint"), spec))
+        if why:
+            reasons[name] = why
+        else:
+            matches.append((name, seed, result, spec["checkpoint_dir"]))
+    if len(matches) != 1:
+        found = "; ".join(f"{n}: {why}" for n, why in reasons.items()) or "no row of this model and seed"
+        raise LLMMTLError(f"--adopt {path}: a {state.get('model')} run of seed {config.get('seed')} on "
+                          f"{state.get('config_input', {}).get('dataset')}; " + (
+                              f"it matches {len(matches)} rows" if matches else f"it matches no row ({found})"))
+    name, seed, result, ckpt_dir = matches[0]
+    note = {"from": os.path.abspath(resume), "sha1": file_sha1(resume)}
+    here = latest_resume_file(ckpt_dir)
+    if here and file_sha1(here) == note["sha1"]:
+        print(f"{name} seed {seed}: {path} was adopted earlier", flush=True)
+        return
+    if os.path.exists(result) or here:
+        raise LLMMTLError(f"--adopt {path}: {name} seed {seed} already has a run ({result if os.path.exists(result) else here}); "
+                          "move it aside first to adopt another")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    shutil.copy2(resume, os.path.join(ckpt_dir, os.path.basename(resume)))
+    _write_json(os.path.join(ckpt_dir, ADOPTED), note)
+    print(f"{name} seed {seed}: adopted {path}; its run tests it instead of training", flush=True)
 
 
 def _run_row(args, tag, name, seed, result):
@@ -693,6 +755,8 @@ def config_report(name, results, dataset):
                                       for k in config_diff(c, configs[0], keys_without_effect(model, c, configs[0]))}),
             "text_dtype": sorted({str(r.get("text_dtype")) for r in results}),
             "commits": sorted({f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}" for p in prov}),
+            # seeds trained by an earlier run (--adopt) and only tested at these commits
+            "adopted": sorted(str(r["config"].get("seed")) for r in results if r.get("adopted_from")),
             "machines": sorted({_machine_line(p.get("machine") or {}) for p in prov}),
             "packages": sorted({json.dumps(p.get("packages"), sort_keys=True) for p in prov})}
 
@@ -897,7 +961,9 @@ def _config_lines(configs):
                                          if c["seeds_disagree"] else "")
         yaml_keys = ("(defines its defaults)" if c["plugin"] else
                      _kv({k: v for k, v in c["model_yaml"].items() if k != "train_neg_sample_args"}))
-        lines.append(f"| {name} | {diff} | {yaml_keys} | {', '.join(c['commits'])} | "
+        adopted = (f"; seed {', '.join(c['adopted'])} trained by an earlier run (`--adopt`), tested here"
+                   if c.get("adopted") else "")
+        lines.append(f"| {name} | {diff} | {yaml_keys} | {', '.join(c['commits'])}{adopted} | "
                      f"{', '.join(d for d in c['text_dtype'] if d != 'None') or '-'} |")
     lines += ["", f"Machines: {'; '.join(sorted(machines)) or 'not recorded'}.",
               f"Packages: {'; '.join(sorted(packages)) or 'not recorded'}."]
@@ -976,6 +1042,9 @@ def main(argv=None):
     parser.add_argument("--rerun_from_json", nargs="+", metavar="FILE",
                         help="re-make these runs from the config their JSONs recorded, "
                              "into <out>/runs/rerun/<source folder>/")
+    parser.add_argument("--adopt", nargs="+", metavar="CHECKPOINT",
+                        help="finished runs made elsewhere (e.g. the selected tuning trial) that equal a row seed "
+                             "here: that seed is tested, not trained again")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

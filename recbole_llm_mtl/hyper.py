@@ -103,8 +103,9 @@ def _trial_key(params, fixed=None):
 def _file_hash(path):
     if not os.path.isfile(path):
         raise LLMMTLError(f"config file '{path}' not found")
-    with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
+    from recbole_llm_mtl.provenance import file_sha1
+
+    return file_sha1(path)
 
 
 def _load_trials(path):

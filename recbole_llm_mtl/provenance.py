@@ -1,6 +1,7 @@
 """Where a result came from: code version, packages and machine, recorded with every
 benchmark run so a reader can tell which rows are comparable and re-make any of them."""
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -54,6 +55,15 @@ def machine():
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": _cpu_model() or platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "gpu": gpu, "os": platform.platform(), "python": platform.python_version()}
+
+
+def file_sha1(path):
+    """sha1 of a file's bytes, read in blocks (checkpoints are large)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def provenance():

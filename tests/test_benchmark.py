@@ -546,3 +546,55 @@ def test_a_run_without_a_recorded_config_still_shows_its_commit():
     assert report == {"recorded": False, "commits": [run["commit"]]} and run["commit"]
     assert f"| BERT4Rec | (not recorded: run made before configs were kept) | - | {run['commit']} | - |" in (
         _config_lines({"BERT4Rec": report}))
+
+
+def test_adopt_tests_a_finished_tuning_trial_instead_of_training_it(tiny_root, workdir):
+    """``--adopt``: the selected tuning trial is the row's seed of the same config; the harness
+    tests it (reading test once, there) without training, and says so in the run and the report.
+    A run of another config, or one not finished, is refused with one line."""
+    import torch
+
+    from recbole_llm_mtl.hyper import tune
+
+    def trial(name, **params):
+        space = workdir / f"{name}.hyper"
+        space.write_text("".join(f"{k} choice [{v}]\n" for k, v in params.items()))
+        _, (record,) = tune("BPR", "amazon", str(space), output_dir=str(workdir / name),
+                            overrides={"epochs": 1, "train_batch_size": 256, "data_path": tiny_root, "seed": 2020})
+        return record
+
+    chosen = trial("chosen", learning_rate=0.001)  # RecBole's BPR default: the harness row's config
+    out = workdir / "results"
+    cmd = [sys.executable, "-m", "recbole_llm_mtl.benchmark", "--dataset", "amazon", "--tiny", "--data_path", tiny_root,
+           "--models", "BPR", "--max_seeds", "1", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd + ["--adopt", chosen["checkpoint"]], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "BPR seed 2020: adopted" in proc.stdout and "resuming from" in proc.stdout
+    log = (out / "runs" / "amazon-tiny" / "BPR-seed2020.log").read_text()
+    assert "nothing left to train" in log and "epoch 0 training" not in log
+    run = json.loads((out / "runs" / "amazon-tiny" / "BPR-seed2020.json").read_text())
+    assert run["adopted_from"]["from"] == chosen["checkpoint"][: -len(".pth")] + "-last.pth"
+    assert run["best_valid_result"] == chosen["valid"] and run["history"] == json.loads(json.dumps(chosen["history"]))
+    assert run["test_result"]["ndcg@10"] >= 0 and chosen["test"] == {}  # test read by the row, not the trial
+    assert "seed 2020 trained by an earlier run (`--adopt`)" in (out / "amazon-tiny.md").read_text()
+    again = subprocess.run(cmd + ["--adopt", chosen["checkpoint"]], cwd=workdir, env=env, capture_output=True,
+                           text=True, timeout=900)
+    assert "adopted earlier" in again.stdout and "done earlier, kept" in again.stdout
+
+    # another learning rate is another run: refused, naming why, and nothing is copied
+    other = trial("other", learning_rate=0.01)
+    fresh = [c if c != str(out) else str(workdir / "fresh") for c in cmd] + ["--checkpoints", str(workdir / "fresh-ckpt")]
+    refused = subprocess.run(fresh + ["--adopt", other["checkpoint"]], cwd=workdir, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert refused.returncode == 2 and "learning_rate 0.01 -> 0.001" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (workdir / "fresh-ckpt").exists()
+    # a run that has not finished is refused too
+    resume = chosen["checkpoint"][: -len(".pth")] + "-last.pth"
+    state = torch.load(resume, weights_only=True)
+    state["config"]["epochs"] = 5
+    torch.save(state, resume)
+    refused = subprocess.run(fresh + ["--adopt", chosen["checkpoint"]], cwd=workdir, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert refused.returncode == 2 and "has not finished" in refused.stderr

@@ -152,9 +152,15 @@ def worker(spec_path):
     result["provenance"] = made_by
     result["commit"] = result["provenance"]["commit"]
     adopted = os.path.join(spec["checkpoint_dir"], ADOPTED)
-    if os.path.isfile(adopted):  # trained elsewhere (--adopt): this process only tested it
+    if os.path.isfile(adopted):
         with open(adopted) as f:
-            result["adopted_from"] = json.load(f)
+            note = json.load(f)
+        # trained elsewhere (--adopt) and only tested here: this process's memory and anomaly
+        # state say nothing of that training (its history and fit time are the trained run's)
+        if os.path.basename(spec.get("resume") or "") == note["file"] and result["epochs"] == note["epochs"]:
+            result["adopted_from"] = note
+            result["peak_rss_mb"] = None
+            made_by["autograd_anomaly"] = None
     _write_json(_users_path(spec["result"]), result.pop("per_user_ndcg@10"), gzip.open)
     _write_json(spec["result"], result)
 
@@ -237,18 +243,28 @@ ADOPTED = "adopted.json"  # in a row seed's checkpoint folder: where its finishe
 def adopt(args, path, todo):
     """``--adopt``: a finished run made elsewhere (a tuning trial of ``run_hyper_llm.py``, a
     plain run) becomes the row seed it equals, so that seed is tested rather than trained
-    again. Its resume state (``*-last.pth``, or the best checkpoint beside it) must match one
-    row seed of this invocation in seed, config (as a resume is checked), model code and data;
-    it is copied into that seed's checkpoint folder with a note of where it came from, and the
-    row's run tests it (reading the test split there, once). Anything else is refused."""
+    again. ``path`` is its resume state (``*-last.pth``), the best checkpoint beside it, or its
+    checkpoint folder; it must match one row seed of this invocation in seed, config (as a
+    resume is checked), results version and data. Its resume state and best model are copied
+    into that seed's checkpoint folder with a note of where they came from, and the row's run
+    tests them (reading the test split there, once). Anything else is refused in one line."""
     from recbole_llm_mtl.provenance import file_sha1
-    from recbole_llm_mtl.trainer import latest_resume_file, load_checkpoint
+    from recbole_llm_mtl.trainer import _atomic_save, latest_resume_file, load_checkpoint
 
-    resume = path if path.endswith("-last.pth") else path[: -len(".pth")] + "-last.pth"
-    if not os.path.isfile(resume):
-        raise LLMMTLError(f"--adopt {path}: no resume state '{resume}' (a run writes it after every epoch)")
+    if os.path.isdir(path):
+        resume = latest_resume_file(path)
+    elif path.endswith("-last.pth"):
+        resume = path
+    elif path.endswith(".pth"):
+        resume = path[: -len(".pth")] + "-last.pth"
+    else:
+        raise LLMMTLError(f"--adopt {path}: expected a checkpoint (.pth) or a run's checkpoint folder")
+    if not resume or not os.path.isfile(resume):
+        raise LLMMTLError(f"--adopt {path}: no resume state ({resume or 'no *-last.pth in that folder'}; "
+                          "a run writes it after every epoch)")
     state = load_checkpoint(resume, mmap=True)
     config = state.get("config") or {}
+    # the trainer's rule for a state whose run has ended (early stopping, or the last epoch)
     if state.get("cur_step", 0) <= config.get("stopping_step", 0) and state["epoch"] + 1 < config.get("epochs", 0):
         raise LLMMTLError(f"--adopt {path}: that run has not finished (epoch {state['epoch']}, early stopping "
                           "not reached); finish it first, or let the harness train the row")
@@ -272,17 +288,38 @@ def adopt(args, path, todo):
                           f"{state.get('config_input', {}).get('dataset')}; " + (
                               f"it matches {len(matches)} rows" if matches else f"it matches no row ({found})"))
     name, seed, result, ckpt_dir = matches[0]
-    note = {"from": os.path.abspath(resume), "sha1": file_sha1(resume)}
-    here = latest_resume_file(ckpt_dir)
-    if here and file_sha1(here) == note["sha1"]:
-        print(f"{name} seed {seed}: {path} was adopted earlier", flush=True)
-        return
+    note_path, here = os.path.join(ckpt_dir, ADOPTED), latest_resume_file(ckpt_dir)
+    note = {"from": os.path.abspath(resume), "sha1": file_sha1(resume), "file": os.path.basename(resume),
+            "epochs": state["epoch"] + 1}
+    if here and os.path.isfile(note_path):
+        with open(note_path) as f:
+            if json.load(f).get("sha1") == note["sha1"]:
+                print(f"{name} seed {seed}: {path} was adopted earlier", flush=True)
+                return
     if os.path.exists(result) or here:
-        raise LLMMTLError(f"--adopt {path}: {name} seed {seed} already has a run ({result if os.path.exists(result) else here}); "
-                          "move it aside first to adopt another")
-    os.makedirs(ckpt_dir, exist_ok=True)
-    shutil.copy2(resume, os.path.join(ckpt_dir, os.path.basename(resume)))
-    _write_json(os.path.join(ckpt_dir, ADOPTED), note)
+        raise LLMMTLError(f"--adopt {path}: {name} seed {seed} already has a run "
+                          f"({result if os.path.exists(result) else here}); move it aside first to adopt another")
+    best = state.get("best_file")
+    if not best or not os.path.isfile(best):  # (a relative path is relative to where that run was started)
+        raise LLMMTLError(f"--adopt {path}: its best model '{best}' is not there; adopt from where the run was "
+                          "made, or with its checkpoint folder intact")
+    os.makedirs(os.path.dirname(result), exist_ok=True)
+    holder = _claim(result)
+    if holder:
+        raise LLMMTLError(f"--adopt {path}: {name} seed {seed} is being run by another harness (pid {holder})")
+    try:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        # the note first: a state copied here is never taken for one trained here; the files
+        # through temp names, so a killed copy leaves no half-written checkpoint to resume
+        _write_json(note_path, {**note, "best_from": os.path.abspath(best), "best_sha1": file_sha1(best)})
+        copy = os.path.join(ckpt_dir, os.path.basename(best))
+        shutil.copy2(best, copy + ".tmp")
+        os.replace(copy + ".tmp", copy)
+        full = load_checkpoint(resume)
+        full["best_file"] = os.path.abspath(copy)  # the row tests its own copy
+        _atomic_save(full, os.path.join(ckpt_dir, note["file"]))
+    finally:
+        os.unlink(_lock_path(result))
     print(f"{name} seed {seed}: adopted {path}; its run tests it instead of training", flush=True)
 
 
@@ -833,7 +870,7 @@ def _results_table(rows, significance, reference, footnote_above=False):
                      + f" | {_fmt(r, 'valid_ndcg@10')} | {p}"
                      + f" | {'-' if r['best_epoch'] is None else format(r['best_epoch'], '.3g')}"
                      + f" | {r['seconds_per_epoch']:.1f}{slow} | {r['fit_seconds']:.0f}{slow} | {r['eval_seconds']:.1f}"
-                     + f" | {r['peak_rss_mb']:.0f} |")
+                     + f" | {'-' if r['peak_rss_mb'] is None else format(r['peak_rss_mb'], '.0f')} |")
     for name, vals in reference.items():
         lines.append(f"| {name} | - | " + " | ".join(f"{vals[c]:.4f}" if c in vals else "-" for c in cols)
                      + " | - | - | - | - | - | - | - |")

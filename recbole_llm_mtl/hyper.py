@@ -135,7 +135,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
 
     from recbole_llm_mtl.config import get_model_class
     from recbole_llm_mtl.provenance import provenance
-    from recbole_llm_mtl.trainer import latest_resume_file
+    from recbole_llm_mtl.trainer import latest_resume_file, load_checkpoint
 
     if not os.path.isfile(params_file):
         raise LLMMTLError(f"params_file '{params_file}' not found (see properties/hyper/ for examples)")
@@ -162,7 +162,14 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
             print(f"trial {params}: training")  # (RecBole printed the space's stand-ins)
             folder = os.path.join(output_dir, "checkpoints", f"{model}-{dataset}",
                                   hashlib.sha1(key.encode()).hexdigest()[:12])
-            result = run(model, dataset, fixed_files, resume=latest_resume_file(folder),
+            resume = latest_resume_file(folder)
+            # the code of each part of a trial (a killed one resumes, maybe at a later commit),
+            # read before it trains: the tree may move on during hours of training
+            part = {**provenance(), "from_epoch": load_checkpoint(resume, mmap=True)["epoch"] + 1 if resume else 0}
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "parts.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(part) + "\n")
+            result = run(model, dataset, fixed_files, resume=resume,
                          config_dict={**(overrides or {}), **params, "checkpoint_dir": folder},
                          evaluate_test=evaluate_test)
             record = {"params": dict(params), "fixed": fixed,
@@ -171,7 +178,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
                       "best_epoch": result["best_epoch"], "epochs": result["epochs"],
                       "fit_seconds": result["fit_seconds"], "checkpoint": result["checkpoint"],
                       # (epoch, valid score, seconds): the kept epoch is recomputed from it in the report
-                      "history": result["history"], "provenance": provenance(),
+                      "history": result["history"], "provenance": part, "parts": _parts(folder),
                       # cold-start searches select on these (valid), never on test_cold
                       **{k: result[k] for k in ("valid_cold", "valid_warm") if k in result}}
             with open(base + ".trials.jsonl", "a", encoding="utf-8") as f:
@@ -212,6 +219,28 @@ def rerun_command(model, dataset, params, overrides=None, config_files=None):
     return shlex.join(args)
 
 
+def _parts(folder):
+    """Commit, dirty flag and first epoch of each part a trial was trained in."""
+    with open(os.path.join(folder, "parts.jsonl"), encoding="utf-8") as f:
+        parts = [json.loads(line) for line in f if line.strip()]
+    return [{k: p.get(k) for k in ("commit", "dirty", "from_epoch")} for p in parts]
+
+
+def _trial_commits(trial):
+    """The commits a trial trained at, in order: ``abc1234``, ``abc1234 (dirty)``, ``a -> b`` for a
+    trial resumed at another commit, ``b (from epoch 61)`` where its earlier parts were not
+    recorded, ``-`` for trials recorded before commits were."""
+    parts = trial.get("parts") or ([trial["provenance"]] if trial.get("provenance") else [])
+    names = []
+    for p in parts:
+        name = f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}"
+        if not names or names[-1] != name:
+            names.append(name)
+    if parts and (parts[0].get("from_epoch") or 0) > 0:
+        names[0] += f" (from epoch {parts[0]['from_epoch']})"
+    return " -> ".join(names) or "-"
+
+
 def _trial_epoch(trial):
     """The epoch early stopping kept (RecBole's rule: a tie replaces the best), recomputed from
     the trial's history; trials recorded without one (before `b8279dc` the first maximum) keep
@@ -225,7 +254,7 @@ def _trial_epoch(trial):
 
 def write_report(model, dataset, trials, best, output_dir, overrides=None, config_files=None):
     """``.md`` and ``.csv`` of every trial: its valid metrics, those of cold and warm valid items
-    where a cold-start search recorded them, the commit it ran at, and test metrics only where a
+    where a cold-start search recorded them, the commits it trained at, and test metrics only where a
     search was asked to read test."""
     os.makedirs(output_dir, exist_ok=True)
     base = os.path.join(output_dir, f"{model}-{dataset}")
@@ -233,29 +262,27 @@ def write_report(model, dataset, trials, best, output_dir, overrides=None, confi
     columns = [(split, m) for split in ("valid", "valid_cold", "valid_warm", "test")
                for m in sorted({m for t in trials for m in (t.get(split) or {})})]
     value = lambda t, split, m: (t.get(split) or {}).get(m)
-    prov = lambda t: t.get("provenance") or {}
-    commit = lambda t: prov(t).get("commit", "-") + (" (dirty)" if prov(t).get("dirty") else "")
     with open(base + ".csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial"] + keys + ["valid_score", "best_epoch", "epochs", "commit"]
+        w.writerow(["trial"] + keys + ["valid_score", "best_epoch", "epochs", "commits"]
                    + [f"{s}_{m}" for s, m in columns])
         for i, t in enumerate(trials, 1):
             w.writerow([i] + [t["params"].get(k) for k in keys]
-                       + [t["best_valid_score"], _trial_epoch(t), t.get("epochs"), commit(t)]
+                       + [t["best_valid_score"], _trial_epoch(t), t.get("epochs"), _trial_commits(t)]
                        + [value(t, s, m) for s, m in columns])
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"
+    fmt = lambda v: "-" if v is None else str(v) if isinstance(v, int) else f"{v:.4f}"  # ints: counts of rows
     lines = [f"# Tuning {model} on {dataset}", "",
              "Selected on the valid score alone" + ("" if any(t["test"] for t in trials) else "; test was not read") + ".",
-             "", "| trial | " + " | ".join(keys) + " | valid score | best epoch | epochs | commit | "
+             "", "| trial | " + " | ".join(keys) + " | valid score | best epoch | epochs | commits | "
              + " | ".join(f"{s.replace('_', ' ')} {m}" for s, m in columns) + " |",
              "|---" * (len(keys) + len(columns) + 5) + "|"]
     for i, t in enumerate(trials, 1):
         lines.append(f"| {i} | " + " | ".join(str(t["params"].get(k)) for k in keys)
-                     + f" | {t['best_valid_score']:.4f} | {_trial_epoch(t)} | {t.get('epochs')} | {commit(t)} | "
+                     + f" | {t['best_valid_score']:.4f} | {_trial_epoch(t)} | {t.get('epochs')} | {_trial_commits(t)} | "
                      + " | ".join(fmt(value(t, s, m)) for s, m in columns) + " |")
     if any(not t.get("history") for t in trials):
         lines += ["", "Best epoch: the epoch early stopping kept, recomputed from each trial's history; a trial "
-                  "recorded without its history (commit `-`) shows the epoch it recorded, which before "
+                  "recorded without its history (commits `-`) shows the epoch it recorded, which before "
                   "`b8279dc` was the first maximum of a tie."]
     cmd = rerun_command(model, dataset, best or {}, overrides, config_files)
     lines += ["", f"Best parameters: `{best}`", "", "Re-run the best as a plain training run:", "",

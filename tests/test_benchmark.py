@@ -578,6 +578,8 @@ def test_adopt_tests_a_finished_tuning_trial_instead_of_training_it(tiny_root, w
     assert run["adopted_from"]["from"] == chosen["checkpoint"][: -len(".pth")] + "-last.pth"
     assert run["best_valid_result"] == chosen["valid"] and run["history"] == json.loads(json.dumps(chosen["history"]))
     assert run["test_result"]["ndcg@10"] >= 0 and chosen["test"] == {}  # test read by the row, not the trial
+    # the row tests its own copy of the trial's best model; the tester's memory is not the run's
+    assert run["checkpoint"].startswith(str(workdir / "saved" / "benchmark")) and run["peak_rss_mb"] is None
     assert "seed 2020 trained by an earlier run (`--adopt`)" in (out / "amazon-tiny.md").read_text()
     again = subprocess.run(cmd + ["--adopt", chosen["checkpoint"]], cwd=workdir, env=env, capture_output=True,
                            text=True, timeout=900)
@@ -598,3 +600,10 @@ def test_adopt_tests_a_finished_tuning_trial_instead_of_training_it(tiny_root, w
     refused = subprocess.run(fresh + ["--adopt", chosen["checkpoint"]], cwd=workdir, env=env, capture_output=True,
                              text=True, timeout=900)
     assert refused.returncode == 2 and "has not finished" in refused.stderr
+    # ... and so is one whose best model is gone
+    state["config"]["epochs"] = 1
+    torch.save(state, resume)
+    os.unlink(chosen["checkpoint"])
+    refused = subprocess.run(fresh + ["--adopt", chosen["checkpoint"]], cwd=workdir, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert refused.returncode == 2 and "is not there" in refused.stderr

@@ -45,7 +45,8 @@ def test_trials_report_and_resume_in_order(tiny_root, cache_dir, workdir, monkey
     rows = list(csv.DictReader(open(workdir / "hyper" / "LLMMTL-amazon.csv")))
     for t, row in zip(trials, rows):
         assert row["best_epoch"] == str(kept_epoch(t["history"])) == str(t["best_epoch"])
-        assert row["commit"] == t["provenance"]["commit"] != "-"
+        (part,) = t["parts"]  # trained in one part, from epoch 0, at this tree's commit
+        assert part["from_epoch"] == 0 and row["commits"].startswith(part["commit"]) and part["commit"] != "unknown"
 
     # re-running the same search resumes: finished trials are read back, none is trained again
     def no_training(*args, **kwargs):
@@ -73,17 +74,20 @@ def test_report_best_epoch_and_cold_columns(workdir):
     RecBole's early stopping) and shows the valid cold/warm metrics a cold-start search selects on."""
     path = Path(ROOT) / "benchmarks" / "results" / "tuning" / "LLMMTL-amazon-behavior_items.trials.jsonl"
     trials = [json.loads(line) for line in path.read_text().splitlines()]
-    assert all("history" not in t for t in trials)  # recorded before trials kept their history
+    for t in trials:  # as recorded before trials kept their history
+        t.pop("history", None), t.pop("parts", None), t.pop("provenance", None)
     tied = dict(trials[0], history=[[0, 0.05, 1.0], [1, 0.07, 2.0], [2, 0.06, 3.0], [3, 0.07, 4.0], [4, 0.065, 5.0]],
-                best_epoch=1, provenance={"commit": "abc1234"})
-    dirty = dict(trials[1], provenance={"commit": "def5678", "dirty": True})
-    write_report("LLMMTL", "amazon", [tied, dirty] + trials[2:], {"behavior_items": "train"}, str(workdir))
+                best_epoch=1, parts=[{"commit": "abc1234", "from_epoch": 0}, {"commit": "abc1234", "from_epoch": 2},
+                                     {"commit": "def5678", "dirty": True, "from_epoch": 3}])
+    late = dict(trials[1], parts=[{"commit": "def5678", "from_epoch": 61}])  # earlier parts not recorded
+    write_report("LLMMTL", "amazon", [tied, late] + trials[2:], {"behavior_items": "train"}, str(workdir))
     rows = list(csv.DictReader(open(workdir / "LLMMTL-amazon.csv")))
     assert [r["best_epoch"] for r in rows] == ["3"] + [str(t["best_epoch"]) for t in trials[1:]]
-    assert [r["commit"] for r in rows[:3]] == ["abc1234", "def5678 (dirty)", "-"]
+    assert [r["commits"] for r in rows[:3]] == ["abc1234 -> def5678 (dirty)", "def5678 (from epoch 61)", "-"]
     assert [float(r["valid_cold_recall@10"]) for r in rows] == [t["valid_cold"]["recall@10"] for t in trials]
     table = (workdir / "LLMMTL-amazon.md").read_text()
     assert "valid cold recall@10" in table and "valid warm ndcg@10" in table
+    assert f"| {trials[0]['valid_cold']['rows']} |" in table  # a count, not a metric
     assert "recorded without its history" in table  # says which epochs were not recomputed
 
 

@@ -249,7 +249,8 @@ def adopt(args, path, todo):
     into that seed's checkpoint folder with a note of where they came from, and the row's run
     tests them (reading the test split there, once). Anything else is refused in one line."""
     from recbole_llm_mtl.provenance import file_sha1
-    from recbole_llm_mtl.trainer import _atomic_save, latest_resume_file, load_checkpoint
+    from recbole_llm_mtl.trainer import (_atomic_save, latest_resume_file, load_checkpoint, recorded_config_input,
+                                         run_ended)
 
     if os.path.isdir(path):
         resume = latest_resume_file(path)
@@ -264,11 +265,11 @@ def adopt(args, path, todo):
                           "a run writes it after every epoch)")
     state = load_checkpoint(resume, mmap=True)
     config = state.get("config") or {}
-    # the trainer's rule for a state whose run has ended (early stopping, or the last epoch)
-    if state.get("cur_step", 0) <= config.get("stopping_step", 0) and state["epoch"] + 1 < config.get("epochs", 0):
+    if not run_ended(state.get("cur_step", 0), config.get("stopping_step", 0), state["epoch"] + 1,
+                     config.get("epochs", 0)):
         raise LLMMTLError(f"--adopt {path}: that run has not finished (epoch {state['epoch']}, early stopping "
                           "not reached); finish it first, or let the harness train the row")
-    was = {k: v for k, v in state.get("config_input", {}).items() if k != "dataset"}
+    was = recorded_config_input(state)
     reasons, matches = {}, []
     for name, seed in todo:
         if RUNS[name][0] != state.get("model") or seed != config.get("seed"):
@@ -477,10 +478,10 @@ def _spec_config(spec):
 def _resume_state(path):
     """What the user set for the run that left resume state ``path`` (dataset aside), and
     the model's results version it was made under."""
-    from recbole_llm_mtl.trainer import load_checkpoint
+    from recbole_llm_mtl.trainer import load_checkpoint, recorded_config_input
 
     state = load_checkpoint(path, mmap=True)  # the settings only, not the weights
-    return {"config_input": {k: v for k, v in state.get("config_input", {}).items() if k != "dataset"},
+    return {"config_input": recorded_config_input(state),
             **({"results_version": state["results_version"]} if "results_version" in state else {})}
 
 

@@ -66,6 +66,18 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
     return state
 
 
+def run_ended(cur_step, stopping_step, next_epoch, epochs):
+    """Whether the epoch that wrote a resume state also ended its run: early stopping
+    (RecBole stops once ``cur_step`` exceeds ``stopping_step``) or the last epoch."""
+    return cur_step > stopping_step or next_epoch >= epochs
+
+
+def recorded_config_input(state):
+    """What the user set for the run that wrote checkpoint ``state``, dataset aside (a dataset
+    is compared by name and fingerprint, not as a config key)."""
+    return {k: v for k, v in state.get("config_input", {}).items() if k != "dataset"}
+
+
 def recorded_results_version(record, now):
     """The model code's ``RESULTS_VERSION`` a checkpoint, resume state or run JSON was made
     under; ``now`` is the current one. Records from before versions were kept count as version
@@ -332,7 +344,7 @@ class CheckpointMixin:
             self.fit_seconds = state.get("fit_seconds", 0.0)
             self.seconds_before = self.history[-1][2] if self.history else 0.0
             # the epoch that wrote it also ended training: early stop, or the last epoch
-            self._finished = self.cur_step > self.stopping_step or self.start_epoch >= self.epochs
+            self._finished = run_ended(self.cur_step, self.stopping_step, self.start_epoch, self.epochs)
         else:  # a best-model checkpoint: continue from it (RecBole's behaviour)
             self.saved_model_file = str(resume_file)
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")

@@ -350,12 +350,23 @@ def keys_not_read_by(model_name):
 FINE_TUNING_KEYS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "tuned_items_per_step"})
 
 
+def full_ranking(config):
+    """Whether valid and test rank all items (RecBole's ``eval_args.mode`` ``full``, its default)."""
+    mode = (config.get("eval_args") or {}).get("mode", "full")
+    return all(m == "full" for m in (mode.values() if isinstance(mode, dict) else [mode]))
+
+
 def inert_keys(model_name, config):
     """Keys that ``model_name`` reads but that change nothing under ``config`` (a mapping)."""
+    inert = set()
     # "frozen", not the YAML's default: a config recorded before llm_mode existed ran a frozen model
     if model_name == "LLMMTL" and config.get("llm_mode", "frozen") == "frozen":
-        return FINE_TUNING_KEYS
-    return frozenset()
+        inert |= FINE_TUNING_KEYS
+    # full ranking scores each user on its own: how many users share an evaluation batch sets
+    # memory and speed, not a metric (sampled negatives are drawn per batch, so not there)
+    if full_ranking(config):
+        inert.add("eval_batch_size")
+    return frozenset(inert)
 
 
 # Keys added after runs were recorded, each with the value that reproduces what those runs did:

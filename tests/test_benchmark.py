@@ -487,6 +487,37 @@ def test_keys_that_change_nothing_under_the_run_do_not_make_it_stale(tiny_root, 
         "config changed: lora_r 99 -> 8, tuned_items_per_step None -> 64")
 
 
+def test_eval_batch_size_changes_no_full_ranking_metric(tiny_root, tmp_path):
+    """Full ranking scores each user alone: the same FDSA weights give the same per-user
+    NDCG@10 whether 4096 users or 7 share an evaluation batch, so a run is not stale for
+    another ``eval_batch_size`` (a lower one saves memory); under sampled ranking it is."""
+    from recbole.data.utils import get_dataloader
+
+    from recbole_llm_mtl.benchmark import _spec_config, config_change
+    from recbole_llm_mtl.build import build
+    from recbole_llm_mtl.trainer import make_trainer, plain_config
+
+    overrides = {"data_path": tiny_root, "show_progress": False}
+    spec = {"model": "FDSA", "dataset": "amazon", "overrides": overrides, "checkpoint_dir": str(tmp_path / "ckpt")}
+    config = _spec_config(spec)
+    built = build(config)
+    trainer = make_trainer(config, built.model)
+    per_user = []
+    for size in (4096, 7):
+        config["eval_batch_size"] = size
+        loader = get_dataloader(config, "valid")(config, built.valid._dataset, built.valid._sampler, shuffle=False)
+        trainer.evaluate(loader, load_best_model=False)
+        per_user.append(trainer.last_per_user())
+    assert len(per_user[0]) > 200 and per_user[0] == per_user[1]
+
+    now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
+    assert config_change({**now, "eval_batch_size": 1024}, spec) is None
+    sampled = {**now["eval_args"], "mode": "uni100"}
+    spec_sampled = dict(spec, overrides={**overrides, "eval_args": sampled})
+    assert config_change({**now, "eval_args": sampled, "eval_batch_size": 1024}, spec_sampled) == (
+        "config changed: eval_batch_size 1024 -> 4096")
+
+
 def test_a_key_added_since_reads_as_the_value_its_runs_had(tiny_root, tmp_path):
     """behavior_items came after the amazon rows: a recorded config without it ran with the
     training items' softmax, so it is current against ``train`` (the default), stale against

@@ -1,11 +1,12 @@
 """Does ``eval_batch_size`` change a full-ranking result, and what does it cost in memory?
 
-The same weights (a checkpoint) are evaluated on valid at each batch size, smallest first, and
-every user's NDCG@10 is compared with the first size's. Peak RSS after each evaluation is the
-process's maximum so far, so with sizes in rising order each line shows what that size added.
+The same weights (a checkpoint, rebuilt from the config it recorded) are evaluated on valid at
+each batch size, smallest first, and every user's NDCG@10 is compared with the first size's.
+The RSS column is the process's high-water mark after each evaluation (data and model
+included; CPU memory only): with sizes in rising order, a size that needs more than the ones
+before raises it.
 
-    python benchmarks/eval_batch_probe.py --model=FDSA --dataset=amazon --checkpoint=<best .pth> \\
-        --sizes 1024 4096 --hidden_size=128
+    python benchmarks/eval_batch_probe.py --checkpoint=<best .pth> --sizes 1024 4096
 """
 
 import argparse
@@ -18,19 +19,19 @@ from recbole.data.utils import get_dataloader
 from recbole_llm_mtl.build import build
 from recbole_llm_mtl.config import build_config
 from recbole_llm_mtl.quick_start import parse_with_overrides
-from recbole_llm_mtl.trainer import load_checkpoint, make_trainer
+from recbole_llm_mtl.trainer import load_checkpoint, make_trainer, recorded_config_input
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--checkpoint", required=True, help="a best-model checkpoint of this model and config")
+    parser.add_argument("--checkpoint", required=True, help="a best-model checkpoint (.pth)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
-    args, overrides = parse_with_overrides(parser, argv)  # other --key=value: the checkpoint's config
-    config = build_config(args.model, args.dataset, cmd_overrides={**overrides, "show_progress": False})
+    args, overrides = parse_with_overrides(parser, argv)  # other --key=value (data_path...): on top
+    state = load_checkpoint(args.checkpoint)
+    config = build_config(state["model"], state["config_input"]["dataset"], config_dict=recorded_config_input(state),
+                          cmd_overrides={**overrides, "show_progress": False}, recorded=True)
     built = build(config)
-    built.model.load_state_dict(load_checkpoint(args.checkpoint)["state_dict"])
+    built.model.load_state_dict(state["state_dict"])
     trainer = make_trainer(config, built.model)
     first = None
     print("| eval_batch_size | valid NDCG@10 | seconds | peak RSS so far (GB) | users | per-user NDCG@10 as the first |")

@@ -775,7 +775,12 @@ def config_report(name, results, dataset):
     """A row's config against the model's defaults, what its model YAML sets, and any key on
     which its seeds' configs disagree (runs made with different code or settings)."""
     from recbole_llm_mtl.config import plugin_models
-    from recbole_llm_mtl.config_rules import keys_without_effect, with_added_keys
+    from recbole_llm_mtl.config_rules import COST_KEYS, with_added_keys
+    from recbole_llm_mtl.config_rules import keys_without_effect as no_effect
+
+    # a key that sets cost alone (eval_batch_size) is shown: the table's times and memory follow it
+    def keys_without_effect(*args):
+        return no_effect(*args) - COST_KEYS
 
     configs = [with_added_keys(r["model"], r["config"]) for r in results if r.get("config")]
     if not configs:  # older runs kept the commit alone

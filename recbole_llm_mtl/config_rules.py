@@ -350,6 +350,14 @@ def keys_not_read_by(model_name):
 FINE_TUNING_KEYS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "tuned_items_per_step"})
 
 
+# Keys that set what a run costs (time, memory), not what it computes, where inert_keys says so:
+# a changed one does not make a run stale, but the configurations table shows it beside the
+# cost columns.
+COST_KEYS = frozenset({"eval_batch_size"})
+# RecBole models whose full ranking draws random numbers per batch (Random; DiffRec's noise)
+BATCH_RANDOM_MODELS = frozenset({"Random", "DiffRec", "LDiffRec"})
+
+
 def full_ranking(config):
     """Whether valid and test rank all items (RecBole's ``eval_args.mode`` ``full``, its default)."""
     mode = (config.get("eval_args") or {}).get("mode", "full")
@@ -363,9 +371,9 @@ def inert_keys(model_name, config):
     if model_name == "LLMMTL" and config.get("llm_mode", "frozen") == "frozen":
         inert |= FINE_TUNING_KEYS
     # full ranking scores each user on its own: how many users share an evaluation batch sets
-    # memory and speed, not a metric (sampled negatives are drawn per batch, so not there)
-    if full_ranking(config):
-        inert.add("eval_batch_size")
+    # memory and speed, not a metric (sampled ranking not checked, so it counts there)
+    if full_ranking(config) and model_name not in BATCH_RANDOM_MODELS:
+        inert |= COST_KEYS
     return frozenset(inert)
 
 

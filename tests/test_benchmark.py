@@ -488,30 +488,46 @@ def test_keys_that_change_nothing_under_the_run_do_not_make_it_stale(tiny_root, 
 
 
 def test_eval_batch_size_changes_no_full_ranking_metric(tiny_root, tmp_path):
-    """Full ranking scores each user alone: the same FDSA weights give the same per-user
-    NDCG@10 whether 4096 users or 7 share an evaluation batch, so a run is not stale for
-    another ``eval_batch_size`` (a lower one saves memory); under sampled ranking it is."""
+    """Full ranking scores each user alone: FDSA gives every valid user the same scores over
+    all items, and so the same top 10, whether 4096 users or 7 share an evaluation batch, so a
+    run is not stale for another ``eval_batch_size`` (a lower one saves memory); under
+    sampled ranking it still counts, and the configurations table still shows it (it sets the
+    cost columns)."""
+    import torch
     from recbole.data.utils import get_dataloader
 
-    from recbole_llm_mtl.benchmark import _spec_config, config_change
+    from recbole_llm_mtl.benchmark import _spec_config, config_change, config_report
     from recbole_llm_mtl.build import build
-    from recbole_llm_mtl.trainer import make_trainer, plain_config
+    from recbole_llm_mtl.config_rules import COST_KEYS, keys_without_effect
+    from recbole_llm_mtl.trainer import plain_config
 
     overrides = {"data_path": tiny_root, "show_progress": False}
     spec = {"model": "FDSA", "dataset": "amazon", "overrides": overrides, "checkpoint_dir": str(tmp_path / "ckpt")}
     config = _spec_config(spec)
     built = build(config)
-    trainer = make_trainer(config, built.model)
-    per_user = []
-    for size in (4096, 7):
+    built.model.eval()
+
+    def scores(size):
         config["eval_batch_size"] = size
         loader = get_dataloader(config, "valid")(config, built.valid._dataset, built.valid._sampler, shuffle=False)
-        trainer.evaluate(loader, load_best_model=False)
-        per_user.append(trainer.last_per_user())
-    assert len(per_user[0]) > 200 and per_user[0] == per_user[1]
+        with torch.no_grad():
+            return torch.cat([built.model.full_sort_predict(batch[0]).view(len(batch[0]), -1) for batch in loader])
+
+    large, small = scores(4096), scores(7)
+    assert large.shape[0] > 200 and large.std(dim=1).min() > 0  # users differ, items differ
+    assert torch.allclose(large, small, rtol=0, atol=1e-5)
+    assert torch.equal(large.topk(10).indices, small.topk(10).indices)
 
     now = json.loads(json.dumps(plain_config(config.external_config_dict), default=str))
     assert config_change({**now, "eval_batch_size": 1024}, spec) is None
+    assert "eval_batch_size" in COST_KEYS and "eval_batch_size" in keys_without_effect("FDSA", now)
+    assert "eval_batch_size" not in keys_without_effect("Random", now)  # draws random scores per batch
+    with open(os.path.join(ROOT, "benchmarks", "results", "runs", "amazon", "LLMMTL-seed2020.json")) as f:
+        run = json.load(f)
+    seeds = [run, {**run, "config": {**run["config"], "eval_batch_size": 1024}}]
+    shown = config_report("LLMMTL", seeds, "amazon")
+    assert shown["seeds_disagree"] == ["eval_batch_size"]
+    assert config_report("LLMMTL", seeds[1:], "amazon")["vs_defaults"] == {"eval_batch_size": 1024}
     sampled = {**now["eval_args"], "mode": "uni100"}
     spec_sampled = dict(spec, overrides={**overrides, "eval_args": sampled})
     assert config_change({**now, "eval_args": sampled, "eval_batch_size": 1024}, spec_sampled) == (

@@ -775,12 +775,10 @@ def config_report(name, results, dataset):
     """A row's config against the model's defaults, what its model YAML sets, and any key on
     which its seeds' configs disagree (runs made with different code or settings)."""
     from recbole_llm_mtl.config import plugin_models
-    from recbole_llm_mtl.config_rules import COST_KEYS, with_added_keys
-    from recbole_llm_mtl.config_rules import keys_without_effect as no_effect
+    from recbole_llm_mtl.config_rules import COST_KEYS, keys_without_effect, with_added_keys
 
-    # a key that sets cost alone (eval_batch_size) is shown: the table's times and memory follow it
-    def keys_without_effect(*args):
-        return no_effect(*args) - COST_KEYS
+    def not_shown(*configs):  # a cost key (eval_batch_size) is shown: the times and memory follow it
+        return keys_without_effect(model, *configs) - COST_KEYS
 
     configs = [with_added_keys(r["model"], r["config"]) for r in results if r.get("config")]
     if not configs:  # older runs kept the commit alone
@@ -792,10 +790,10 @@ def config_report(name, results, dataset):
     # keys the model never reads (a dataset YAML's item_text_views, for a RecBole model), or that
     # change nothing under these configs (fine-tuning keys of a frozen model), are no difference
     model = results[0]["model"]
-    return {"recorded": True, "vs_defaults": config_diff(configs[0], defaults, keys_without_effect(model, configs[0], defaults)),
+    return {"recorded": True, "vs_defaults": config_diff(configs[0], defaults, not_shown(configs[0], defaults)),
             "model_yaml": prov[0].get("model_yaml", {}), "plugin": results[0]["model"] in plugin_models(),
             "seeds_disagree": sorted({k for c in configs[1:]
-                                      for k in config_diff(c, configs[0], keys_without_effect(model, c, configs[0]))}),
+                                      for k in config_diff(c, configs[0], not_shown(c, configs[0]))}),
             "text_dtype": sorted({str(r.get("text_dtype")) for r in results}),
             "commits": sorted({f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}" for p in prov}),
             # seeds trained by an earlier run (--adopt) and only tested at these commits

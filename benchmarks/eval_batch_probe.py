@@ -18,6 +18,7 @@ from recbole.data.utils import get_dataloader
 
 from recbole_llm_mtl.build import build
 from recbole_llm_mtl.config import build_config
+from recbole_llm_mtl.errors import LLMMTLError
 from recbole_llm_mtl.quick_start import parse_with_overrides
 from recbole_llm_mtl.trainer import load_checkpoint, make_trainer, recorded_config_input
 
@@ -27,7 +28,11 @@ def main(argv=None):
     parser.add_argument("--checkpoint", required=True, help="a best-model checkpoint (.pth)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     args, overrides = parse_with_overrides(parser, argv)  # other --key=value (data_path...): on top
-    state = load_checkpoint(args.checkpoint)
+    try:
+        state = load_checkpoint(args.checkpoint)
+    except LLMMTLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     config = build_config(state["model"], state["config_input"]["dataset"], config_dict=recorded_config_input(state),
                           cmd_overrides={**overrides, "show_progress": False}, recorded=True)
     built = build(config)

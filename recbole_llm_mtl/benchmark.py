@@ -968,14 +968,15 @@ def _cold_lines(rows):
              "10% of items (seeded) lose every train interaction; valid and test rows are split by whether "
              "the target is such a cold item. Full ranking over all items. Protocol choices are made on the "
              "valid columns; test is read once per final row.", "",
-             "| model | seeds | valid cold R@10 | valid warm R@10 | test cold R@10 | test cold N@10 | test warm R@10 "
-             "| test warm N@10 | test cold/warm R@10 |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | seeds | valid cold R@10 | valid cold N@10 | valid warm R@10 | valid warm N@10 "
+             "| test cold R@10 | test cold N@10 | test warm R@10 | test warm N@10 | test cold/warm R@10 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in cold:
         warm = r["test_warm_recall@10"]
         ratio = r["test_cold_recall@10"] / warm if warm else float("nan")
-        lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(_fmt(r, k) for k in (
-            "valid_cold_recall@10", "valid_warm_recall@10", "test_cold_recall@10", "test_cold_ndcg@10",
-            "test_warm_recall@10", "test_warm_ndcg@10")) + f" | {ratio:.2f} |")
+        lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(
+            _fmt(r, f"{split}_{part}_{m}@10") for split in ("valid", "test") for part in ("cold", "warm")
+            for m in ("recall", "ndcg")) + f" | {ratio:.2f} |")
     return lines
 
 

@@ -654,3 +654,23 @@ def test_adopt_tests_a_finished_tuning_trial_instead_of_training_it(tiny_root, w
     refused = subprocess.run(fresh + ["--adopt", chosen["checkpoint"]], cwd=workdir, env=env, capture_output=True,
                              text=True, timeout=900)
     assert refused.returncode == 2 and "is not there" in refused.stderr
+
+
+def test_cold_start_table_shows_valid_and_test_cold_and_warm_recall_and_ndcg():
+    """Cold-start choices are made on valid, so valid cold/warm NDCG@10 is shown beside recall,
+    each column under its own header, as seed means from the runs."""
+    from recbole_llm_mtl.benchmark import METRICS, _cold_lines, summarize_row
+
+    def part(base):
+        return {"recall@10": base, "ndcg@10": base / 2}
+
+    runs = [{"model": "LLMMTL", "test_result": {m: 0.1 for m in METRICS}, "best_valid_result": {"ndcg@10": 0.1},
+             "best_epoch": 3, "valid_cold": part(0.01 + s), "valid_warm": part(0.02 + s),
+             "test_cold": part(0.03 + s), "test_warm": part(0.04 + s)} for s in (0.0, 0.002, 0.004)]
+    lines = _cold_lines([summarize_row("cold-start: LLMMTL inductive", runs)])
+    header = [c.strip() for c in lines[-3].strip("|").split("|")]
+    cells = dict(zip(header, (c.strip() for c in lines[-1].strip("|").split("|"))))
+    assert cells["valid cold R@10"] == "0.0120 ± 0.0020" and cells["valid cold N@10"] == "0.0060 ± 0.0010"
+    assert cells["valid warm R@10"] == "0.0220 ± 0.0020" and cells["valid warm N@10"] == "0.0110 ± 0.0010"
+    assert cells["test cold N@10"] == "0.0160 ± 0.0010" and cells["test warm N@10"] == "0.0210 ± 0.0010"
+    assert cells["test cold/warm R@10"] == "0.76"

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -674,3 +676,34 @@ def test_cold_start_table_shows_valid_and_test_cold_and_warm_recall_and_ndcg():
     assert cells["valid warm R@10"] == "0.0220 ± 0.0020" and cells["valid warm N@10"] == "0.0110 ± 0.0010"
     assert cells["test cold N@10"] == "0.0160 ± 0.0010" and cells["test warm N@10"] == "0.0210 ± 0.0010"
     assert cells["test cold/warm R@10"] == "0.76"
+
+
+@pytest.mark.parametrize("section, report", [
+    ("## Results on `amazon`\n", "amazon.json"), ("## Results on `ml-100k`", "ml-100k.json"),
+    ("## Results on `amazon`, titles only", "amazon-titles.json")])
+def test_readme_results_table_is_the_committed_report(section, report):
+    """Each README results table repeats rows of the report the harness wrote
+    (``benchmarks/results/<report>``): every figure, seed count and p-value must be the report's,
+    so neither can move without the other."""
+    from recbole_llm_mtl.benchmark import _fmt, _fmt_p
+
+    report = json.load(open(os.path.join(ROOT, "benchmarks", "results", report)))
+    rows = {r["model"].split(" (")[0]: r for r in report["rows"]}
+    rows.update({name.split(" (")[0]: {"model": name, "seeds": "-", **figures}
+                 for name, figures in report["published"].items()})
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    text = readme[readme.index(section):]
+    table = text[text.index("| model | seeds | R@10 | N@10 | R@50 | N@50 | valid N@10 |"):].split("\n\n")[0].splitlines()
+    baseline = table[0].split("| p vs ")[1].rstrip(" |") if "| p vs " in table[0] else None
+    if baseline:
+        assert {s["baseline"] for s in report["significance"].values()} == {baseline}
+    assert len(table) > 3
+    for line in table[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        row = rows[cells[0].split(" (")[0]]
+        expected = [str(row["seeds"])] + [_fmt(row, m) for m in (
+            "recall@10", "ndcg@10", "recall@50", "ndcg@50", "valid_ndcg@10")]
+        if baseline:
+            expected.append("(reference)" if row["model"] == baseline
+                            else _fmt_p(report["significance"].get(row["model"])))
+        assert cells[1:] == expected, cells[0]

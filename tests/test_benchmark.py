@@ -671,11 +671,14 @@ def test_cold_start_table_shows_valid_and_test_cold_and_warm_recall_and_ndcg():
              "test_cold": part(0.03 + s), "test_warm": part(0.04 + s)} for s in (0.0, 0.002, 0.004)]
     lines = _cold_lines([summarize_row("cold-start: LLMMTL inductive", runs)])
     header = [c.strip() for c in lines[-3].strip("|").split("|")]
-    cells = dict(zip(header, (c.strip() for c in lines[-1].strip("|").split("|"))))
-    assert cells["valid cold R@10"] == "0.0120 ± 0.0020" and cells["valid cold N@10"] == "0.0060 ± 0.0010"
-    assert cells["valid warm R@10"] == "0.0220 ± 0.0020" and cells["valid warm N@10"] == "0.0110 ± 0.0010"
-    assert cells["test cold N@10"] == "0.0160 ± 0.0010" and cells["test warm N@10"] == "0.0210 ± 0.0010"
-    assert cells["test cold/warm R@10"] == "0.76"
+    values = [c.strip() for c in lines[-1].strip("|").split("|")]
+    assert len(header) == len(values) == 11
+    assert dict(zip(header, values)) == {
+        "model": "cold-start: LLMMTL inductive", "seeds": "3",
+        "valid cold R@10": "0.0120 ± 0.0020", "valid cold N@10": "0.0060 ± 0.0010",
+        "valid warm R@10": "0.0220 ± 0.0020", "valid warm N@10": "0.0110 ± 0.0010",
+        "test cold R@10": "0.0320 ± 0.0020", "test cold N@10": "0.0160 ± 0.0010",
+        "test warm R@10": "0.0420 ± 0.0020", "test warm N@10": "0.0210 ± 0.0010", "test cold/warm R@10": "0.76"}
 
 
 @pytest.mark.parametrize("section, report", [
@@ -684,26 +687,34 @@ def test_cold_start_table_shows_valid_and_test_cold_and_warm_recall_and_ndcg():
 def test_readme_results_table_is_the_committed_report(section, report):
     """Each README results table repeats rows of the report the harness wrote
     (``benchmarks/results/<report>``): every figure, seed count and p-value must be the report's,
-    so neither can move without the other."""
-    from recbole_llm_mtl.benchmark import _fmt, _fmt_p
+    so neither can move without the other. The table keeps LLMMTL, the best baseline and the
+    paired test's reference, and the text states the report's ratio to the best baseline."""
+    from recbole_llm_mtl.benchmark import _fmt, _fmt_p, best_baseline
 
     report = json.load(open(os.path.join(ROOT, "benchmarks", "results", report)))
+    # README names a row by the report's name plus a parenthesis of its own
     rows = {r["model"].split(" (")[0]: r for r in report["rows"]}
     rows.update({name.split(" (")[0]: {"model": name, "seeds": "-", **figures}
                  for name, figures in report["published"].items()})
+    assert len(rows) == len(report["rows"]) + len(report["published"]), "two rows share a README name"
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     text = readme[readme.index(section):]
+    text = text[:text.index("\n## ")]
     table = text[text.index("| model | seeds | R@10 | N@10 | R@50 | N@50 | valid N@10 |"):].split("\n\n")[0].splitlines()
-    baseline = table[0].split("| p vs ")[1].rstrip(" |") if "| p vs " in table[0] else None
-    if baseline:
-        assert {s["baseline"] for s in report["significance"].values()} == {baseline}
-    assert len(table) > 3
+    reference = {s["baseline"] for s in report["significance"].values()}
+    assert table[0].endswith(f"| p vs {next(iter(reference))} |") if reference else "| p vs " not in table[0]
+    shown = set()
     for line in table[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         row = rows[cells[0].split(" (")[0]]
+        shown.add(row["model"])
         expected = [str(row["seeds"])] + [_fmt(row, m) for m in (
             "recall@10", "ndcg@10", "recall@50", "ndcg@50", "valid_ndcg@10")]
-        if baseline:
-            expected.append("(reference)" if row["model"] == baseline
+        if reference:
+            expected.append("(reference)" if row["model"] in reference
                             else _fmt_p(report["significance"].get(row["model"])))
         assert cells[1:] == expected, cells[0]
+    best = best_baseline(report["rows"])
+    assert {"LLMMTL", best["model"]} | reference <= shown
+    ratio = next(r for r in report["rows"] if r["model"] == "LLMMTL")["ndcg@10"] / best["ndcg@10"]
+    assert f"{ratio:.3f}x" in text

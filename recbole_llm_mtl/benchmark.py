@@ -777,6 +777,8 @@ def config_report(name, results, dataset):
     from recbole_llm_mtl.config import plugin_models
     from recbole_llm_mtl.config_rules import COST_KEYS, keys_without_effect, with_added_keys
 
+    model = results[0]["model"]
+
     def not_shown(*configs):  # a cost key (eval_batch_size) is shown: the times and memory follow it
         return keys_without_effect(model, *configs) - COST_KEYS
 
@@ -786,12 +788,11 @@ def config_report(name, results, dataset):
     prov = [r.get("provenance", {}) for r in results]
     # the recorded folder only locates the files the config checks; on another machine it may be gone
     recorded = configs[0]["data_path"]
-    defaults = default_config(results[0]["model"], dataset, os.path.dirname(recorded) if os.path.isdir(recorded) else None)
+    defaults = default_config(model, dataset, os.path.dirname(recorded) if os.path.isdir(recorded) else None)
     # keys the model never reads (a dataset YAML's item_text_views, for a RecBole model), or that
     # change nothing under these configs (fine-tuning keys of a frozen model), are no difference
-    model = results[0]["model"]
     return {"recorded": True, "vs_defaults": config_diff(configs[0], defaults, not_shown(configs[0], defaults)),
-            "model_yaml": prov[0].get("model_yaml", {}), "plugin": results[0]["model"] in plugin_models(),
+            "model_yaml": prov[0].get("model_yaml", {}), "plugin": model in plugin_models(),
             "seeds_disagree": sorted({k for c in configs[1:]
                                       for k in config_diff(c, configs[0], not_shown(c, configs[0]))}),
             "text_dtype": sorted({str(r.get("text_dtype")) for r in results}),

@@ -658,6 +658,11 @@ def test_adopt_tests_a_finished_tuning_trial_instead_of_training_it(tiny_root, w
     assert refused.returncode == 2 and "is not there" in refused.stderr
 
 
+def _cells(line):
+    """The cells of one markdown table row."""
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def test_cold_start_table_shows_valid_and_test_cold_and_warm_recall_and_ndcg():
     """Cold-start choices are made on valid, so valid cold/warm NDCG@10 is shown beside recall,
     each column under its own header, as seed means from the runs."""
@@ -670,8 +675,7 @@ def test_cold_start_table_shows_valid_and_test_cold_and_warm_recall_and_ndcg():
              "best_epoch": 3, "valid_cold": part(0.01 + s), "valid_warm": part(0.02 + s),
              "test_cold": part(0.03 + s), "test_warm": part(0.04 + s)} for s in (0.0, 0.002, 0.004)]
     lines = _cold_lines([summarize_row("cold-start: LLMMTL inductive", runs)])
-    header = [c.strip() for c in lines[-3].strip("|").split("|")]
-    values = [c.strip() for c in lines[-1].strip("|").split("|")]
+    header, values = _cells(lines[-3]), _cells(lines[-1])
     assert len(header) == len(values) == 11
     assert dict(zip(header, values)) == {
         "model": "cold-start: LLMMTL inductive", "seeds": "3",
@@ -705,7 +709,7 @@ def test_readme_results_table_is_the_committed_report(section, report):
     assert table[0].endswith(f"| p vs {next(iter(reference))} |") if reference else "| p vs " not in table[0]
     shown = set()
     for line in table[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = _cells(line)
         row = rows[cells[0].split(" (")[0]]
         shown.add(row["model"])
         expected = [str(row["seeds"])] + [_fmt(row, m) for m in (

@@ -2,7 +2,8 @@
 
 The run() tests hold for any model built through the real path: what the model holds at
 construction, and what it is trained on, must not change when every user's valid and test
-items are replaced, and every training batch must end before the user's valid position.
+items (and, with user text on, those interactions' reviews) are replaced, and every training
+batch must end before the user's valid position.
 """
 
 import os
@@ -92,23 +93,32 @@ def _token_sequences(rows):
     return {u: [i for _, i in sorted(v)] for u, v in seqs.items()}
 
 
-def _write(root, header, rows, item_header, item_rows):
+REVIEW_HEADER = "user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq"
+HELD_REVIEW = "heldoutreview"  # marks the review of a valid/test interaction: no input may hold it
+
+
+def _write(root, header, rows, item_header, item_rows, reviews=None):
     os.makedirs(os.path.join(root, "amazon"), exist_ok=True)
     with open(os.path.join(root, "amazon", "amazon.inter"), "w", encoding="utf-8") as f:
         f.write("\n".join([header] + ["\t".join(r) for r in rows]) + "\n")
     with open(os.path.join(root, "amazon", "amazon.item"), "w", encoding="utf-8") as f:
         f.write("\n".join([item_header] + item_rows) + "\n")
+    if reviews is not None:
+        with open(os.path.join(root, "amazon", "amazon.review"), "w", encoding="utf-8") as f:
+            f.write("\n".join([REVIEW_HEADER] + ["\t".join(r) for r in reviews]) + "\n")
     return str(root)
 
 
-def held_out_pair(tiny_root, out):
+def held_out_pair(tiny_root, out, reviews=False):
     """Two data paths that differ only in every user's valid and test items.
 
     ``same`` is the slice; in ``moved`` those two items are replaced by popular train items
     the user never had. Train lines come first in both files and the item file follows the
     ``same`` id order, so RecBole maps every user and item to the same id in both (RecBole
     numbers tokens by first appearance): any difference between the two models can only
-    come from the held-out interactions.
+    come from the held-out interactions. With ``reviews``, both get a ``.review`` file with
+    the user's review of every interaction, as a careless converter would write it: the train
+    ones equal, the held-out ones marked and different in the two (their items differ too).
     """
     header, rows = _read_inter(os.path.join(tiny_root, "amazon"))
     by_user = defaultdict(list)
@@ -125,16 +135,27 @@ def held_out_pair(tiny_root, out):
         item_header, *item_rows = f.read().splitlines()
     by_item = {r.split("\t", 1)[0]: r for r in item_rows}
     item_rows = [by_item[i] for i in order if i in by_item]
-    return (_write(out / "same", header, train + held, item_header, item_rows),
-            _write(out / "moved", header, train + moved, item_header, item_rows))
+    review = {"same": None, "moved": None}
+    if reviews:
+        train_reviews = [(u, i, ts, f"rvw {u} {i}") for u, i, ts in train]
+        review = {name: train_reviews + [(u, i, ts, f"{HELD_REVIEW} {name} {u} {i}") for u, i, ts in rows]
+                  for name, rows in (("same", held), ("moved", moved))}
+    return (_write(out / "same", header, train + held, item_header, item_rows, review["same"]),
+            _write(out / "moved", header, train + moved, item_header, item_rows, review["moved"]))
 
 
-@pytest.fixture(scope="module")
-def held_out_runs(tiny_root, cache_dir, tmp_path_factory):
+# the model as defaulted, and with user text on (the user's reviews and recent titles, every task)
+PAIR_RUNS = {"default": {}, "user text": {"user_text": True, "user_recent_titles": True}}
+
+
+@pytest.fixture(scope="module", params=list(PAIR_RUNS))
+def held_out_runs(request, tiny_root, cache_dir, tmp_path_factory):
     """One epoch of LLMMTL through run() on each data path of :func:`held_out_pair`."""
+    extra = PAIR_RUNS[request.param]
     out = tmp_path_factory.mktemp("held_out")
-    same, moved = held_out_pair(tiny_root, out)
-    return {name: run_captured("LLMMTL", path, cache_dir, str(out / f"run-{name}"), task_weights=ALL_TASKS)[1]
+    same, moved = held_out_pair(tiny_root, out, reviews=bool(extra))
+    return {name: run_captured("LLMMTL", path, cache_dir, str(out / f"run-{name}"), task_weights=ALL_TASKS,
+                               **extra)[1]
             for name, path in (("same", same), ("moved", moved))}
 
 
@@ -229,3 +250,29 @@ def assert_batches_precede_valid(captured):
 
 def test_training_batches_precede_valid_position(held_out_runs):
     assert assert_batches_precede_valid(held_out_runs["same"]) >= 300
+
+
+def _user_texts(captured):
+    """The user text of every training position and of every valid scoring position, as run()
+    built and trained the model (the loaders the run used)."""
+    texts, built = captured.model.user_texts, captured.built
+    found = [texts.text(k) for batch in captured.batches for _, _, k in texts.position_keys(batch)]
+    for batch in built.valid:
+        found += [texts.text(k) for _, _, k in texts.position_keys(batch[0], last_only=True)]
+    return found
+
+
+def test_user_text_ignores_held_out_items(held_out_runs):
+    """With user text on, the text each training position and each valid scoring position
+    reads is the same whatever the valid/test items and their reviews are, and holds no
+    held-out review: a user's own words about a valid/test item never reach that user's input."""
+    same, moved = held_out_runs["same"], held_out_runs["moved"]
+    if same.model.user_texts is None:
+        pytest.skip("user text is off in this configuration")
+    texts_same, texts_moved = _user_texts(same), _user_texts(moved)
+    assert len(texts_same) == len(texts_moved) > 300
+    # the texts really do hold the user's reviews (otherwise this test could not fail)
+    assert sum("Review: rvw" in t for t in texts_same) > 100
+    leaked = [t for t in texts_same + texts_moved if HELD_REVIEW in t]
+    assert not leaked, f"a held-out interaction's review reached a user's input: {leaked[0]!r}"
+    assert texts_same == texts_moved

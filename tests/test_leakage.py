@@ -145,7 +145,7 @@ def held_out_pair(tiny_root, out, reviews=False):
 
 
 # the model as defaulted, and with user text on (the user's reviews and recent titles, every task)
-PAIR_RUNS = {"default": {}, "user text": {"user_text": True, "user_recent_titles": True}}
+PAIR_RUNS = {"default": {}, "user_text": {"user_text": True, "user_recent_titles": True}}
 
 
 @pytest.fixture(scope="module", params=list(PAIR_RUNS))

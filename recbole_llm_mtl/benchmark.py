@@ -156,11 +156,12 @@ def worker(spec_path):
         with open(adopted) as f:
             note = json.load(f)
         # trained elsewhere (--adopt) and only tested here: this process's memory and anomaly
-        # state say nothing of that training (its history and fit time are the trained run's)
+        # state say nothing of that training (its history and fit time are the trained run's);
+        # the anomaly state is the one the adopted run recorded (None: it recorded none)
         if os.path.basename(spec.get("resume") or "") == note["file"] and result["epochs"] == note["epochs"]:
             result["adopted_from"] = note
             result["peak_rss_mb"] = None
-            made_by["autograd_anomaly"] = None
+            made_by["autograd_anomaly"] = note.get("autograd_anomaly")
     _write_json(_users_path(spec["result"]), result.pop("per_user_ndcg@10"), gzip.open)
     _write_json(spec["result"], result)
 
@@ -291,7 +292,7 @@ def adopt(args, path, todo):
     name, seed, result, ckpt_dir = matches[0]
     note_path, here = os.path.join(ckpt_dir, ADOPTED), latest_resume_file(ckpt_dir)
     note = {"from": os.path.abspath(resume), "sha1": file_sha1(resume), "file": os.path.basename(resume),
-            "epochs": state["epoch"] + 1}
+            "epochs": state["epoch"] + 1, "autograd_anomaly": state.get("autograd_anomaly")}
     if here and os.path.isfile(note_path):
         with open(note_path) as f:
             if json.load(f).get("sha1") == note["sha1"]:
@@ -595,10 +596,13 @@ def _mean_std(row, key, vals):
 def trained_with_anomaly_detection(result):
     """Whether the run trained with autograd anomaly detection on. Runs made before it was
     recorded: RecBole's models yes (importing them turned it on, until the mend), ours no.
-    A run resumed across the mend records the state of its last part (none exists)."""
+    A run resumed across the mend records the state of its last part (none exists). None: not
+    known (a run trained elsewhere and adopted, whose resume state predates the record)."""
     from recbole_llm_mtl.config import plugin_models
 
     recorded = (result.get("provenance") or {}).get("autograd_anomaly")
+    if recorded is None and result.get("adopted_from"):
+        return None
     return recorded if recorded is not None else result["model"] not in plugin_models()
 
 
@@ -618,7 +622,8 @@ def summarize_row(name, results):
     for key in ("seconds_per_epoch", "fit_seconds", "eval_seconds", "peak_rss_mb"):
         vals = [r[key] for r in results if r.get(key) is not None]
         row[key] = statistics.mean(vals) if vals else None
-    row["anomaly_timed"] = sum(trained_with_anomaly_detection(r) for r in results)
+    anomaly = [trained_with_anomaly_detection(r) for r in results]
+    row["anomaly_timed"], row["anomaly_unknown"] = anomaly.count(True), anomaly.count(None)
     for part in ("valid_cold", "valid_warm", "test_cold", "test_warm"):
         if all(part in r for r in results):
             for m in ("recall@10", "ndcg@10"):
@@ -885,6 +890,10 @@ def _results_table(rows, significance, reference, footnote_above=False):
     elif slow:
         lines += ["", "† trained with autograd anomaly detection on (importing RecBole's models turned it on until "
                   "it was mended): training time inflated, metrics the same: " + ", ".join(slow) + "."]
+    unknown = [f"{r['model']} ({r['anomaly_unknown']} of {r['seeds']} seeds)" for r in rows if r.get("anomaly_unknown")]
+    if unknown:
+        lines += ["", "Whether anomaly detection was on is not recorded for seeds trained by an earlier run "
+                  "(`--adopt`) whose resume state predates that record: " + ", ".join(unknown) + "."]
     return lines
 
 

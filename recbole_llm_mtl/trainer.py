@@ -261,6 +261,8 @@ class CheckpointMixin:
             "best_valid_result": {k: float(v) for k, v in (self.best_valid_result or {}).items()},
             "history": [list(h) for h in self.history],
             "fit_seconds": self.fit_seconds,
+            # slows training, not the numbers; a run that adopts this state reports its timing by it
+            "autograd_anomaly": torch.is_anomaly_enabled(),
             "rng": {"torch": torch.get_rng_state(), "loader": self._train_data.generator.get_state(),
                     "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
                     "python": _to_lists(random.getstate())},

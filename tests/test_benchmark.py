@@ -356,6 +356,11 @@ def test_rows_timed_with_anomaly_detection_are_marked():
     assert trained_with_anomaly_detection({"model": "SASRec"}) is True
     assert trained_with_anomaly_detection({"model": "LLMMTL"}) is False
     assert trained_with_anomaly_detection({"model": "SASRec", "provenance": {"autograd_anomaly": False}}) is False
+    # adopted from a run whose resume state recorded nothing: not known, neither marked nor cleared
+    adopted = {"model": "BPR", "adopted_from": {"file": "x-last.pth"}, "provenance": {"autograd_anomaly": None}}
+    assert trained_with_anomaly_detection(adopted) is None
+    unknown = _results_table([{**_row("BPR", 0.05, 0.08), "anomaly_timed": 0, "anomaly_unknown": 1}], {}, {})
+    assert "†" not in "".join(unknown) and unknown[-1].endswith("predates that record: BPR (1 of 3 seeds).")
     rows = [{**_row("LLMMTL", 0.07, 0.08), "anomaly_timed": 0}, {**_row("SASRec", 0.06, 0.07), "anomaly_timed": 2}]
     lines = _results_table(rows, {}, {})
     assert "| 1.0 | 10 |" in lines[2] and "| 1.0 † | 10 † |" in lines[3]
@@ -629,6 +634,8 @@ def test_adopt_tests_a_finished_tuning_trial_instead_of_training_it(tiny_root, w
     assert run["test_result"]["ndcg@10"] >= 0 and chosen["test"] == {}  # test read by the row, not the trial
     # the row tests its own copy of the trial's best model; the tester's memory is not the run's
     assert run["checkpoint"].startswith(str(workdir / "saved" / "benchmark")) and run["peak_rss_mb"] is None
+    # its anomaly state is the one the trial's resume state recorded, not the tester's or a guess
+    assert run["provenance"]["autograd_anomaly"] is False and run["adopted_from"]["autograd_anomaly"] is False
     assert "seed 2020 trained by an earlier run (`--adopt`)" in (out / "amazon-tiny.md").read_text()
     again = subprocess.run(cmd + ["--adopt", chosen["checkpoint"]], cwd=workdir, env=env, capture_output=True,
                            text=True, timeout=900)

@@ -96,7 +96,7 @@ def run_tests(folder, tests):
     env = {**os.environ, "PYTHONPATH": folder + os.pathsep + os.environ.get("PYTHONPATH", "")}
     where = subprocess.run([sys.executable, "-c", "import recbole_llm_mtl; print(recbole_llm_mtl.__file__)"],
                            cwd=folder, env=env, capture_output=True, text=True).stdout.strip()
-    if not where.startswith(os.path.realpath(folder)) and not where.startswith(folder):
+    if not os.path.realpath(where).startswith(os.path.realpath(folder) + os.sep):
         raise SystemExit(f"error: the tests would import {where!r}, not the mutated copy in {folder}")
     start = time.time()
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *tests],
@@ -118,8 +118,10 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", choices=list(MUTATIONS), help="these mutations only")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "leakage-mutations.md"))
     args = parser.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    from recbole_llm_mtl.provenance import git_state
+
+    state = git_state()  # the copy is the tree on disk: say so when it is not the commit
+    commit = state["commit"] + (" with uncommitted changes" if state["dirty"] else "")
     rows, caught_all = [], True
     for name in args.only or MUTATIONS:
         what, rel, anchor, replacement, tests = MUTATIONS[name]

@@ -13,20 +13,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join("benchmarks", "results")
 
 
-def _git(*args):
+def _git(*args, repo=REPO):
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=repo)
     except OSError:
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    # trailing whitespace only: a porcelain line starts with a meaningful space (" M path")
+    return out.stdout.rstrip() if out.returncode == 0 else None
 
 
-def git_state():
+def changed_files(porcelain):
+    """Paths of ``git status --porcelain`` lines (``XY path``: two status columns, a space)."""
+    return [line[3:] for line in porcelain.splitlines()]
+
+
+def git_state(repo=REPO):
     """Short commit and whether tracked files (outside the results folder) differ from it:
     a dirty tree means the run's code is not exactly the commit."""
-    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULTS_DIR}")
-    files = [line[3:] for line in (changed or "").splitlines()]
-    return {"commit": _git("rev-parse", "--short", "HEAD") or "unknown",
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULTS_DIR}", repo=repo)
+    files = changed_files(changed or "")
+    return {"commit": _git("rev-parse", "--short", "HEAD", repo=repo) or "unknown",
             "dirty": bool(files) if changed is not None else None, "dirty_files": files[:20]}
 
 

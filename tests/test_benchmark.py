@@ -729,3 +729,20 @@ def test_readme_results_table_is_the_committed_report(section, report):
     assert {"LLMMTL", best["model"]} | reference <= shown
     ratio = next(r for r in report["rows"] if r["model"] == "LLMMTL")["ndcg@10"] / best["ndcg@10"]
     assert f"{ratio:.3f}x" in text
+
+
+
+def test_dirty_files_keep_their_first_character(tmp_path):
+    """A run records which tracked files differ from its commit; an unstaged change's porcelain
+    line starts with a space, which stripping git's output would eat with the path's first letter."""
+    from recbole_llm_mtl.provenance import git_state
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    for name in ("alpha.py", "beta.py"):
+        (tmp_path / name).write_text("x = 1\n")
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "c"], check=True)
+    (tmp_path / "alpha.py").write_text("x = 2\n")
+    state = git_state(str(tmp_path))
+    assert state["dirty"] is True and state["dirty_files"] == ["alpha.py"]

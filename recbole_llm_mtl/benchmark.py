@@ -89,8 +89,8 @@ BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "BPR", "LightGCN")
 # weaker baselines shown in a clearly marked secondary table, with why (issue 16: a weak
 # baseline gets a correction or moves there); they still count when the best baseline is chosen
 SECONDARY = {
-    "BERT4Rec": "RecBole's defaults, one seed: its learning-rate correction has not been run (about 1.5 h "
-                "per run on this machine) and it is the weakest baseline by far",
+    "BERT4Rec": "RecBole's defaults: no correction of it has been run (its learning-rate search would "
+                "take about 1.5 h per trial on this machine)",
 }
 PUBLISHED = {  # not re-run: RUCAIBox/VQ-Rec README, same data and protocol (amazon as shipped only)
     "amazon": {"VQ-Rec (published, not re-run)": {"recall@10": 0.1211, "ndcg@10": 0.0643, "recall@50": 0.2369,

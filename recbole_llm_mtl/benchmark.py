@@ -135,12 +135,15 @@ def worker(spec_path):
         spec = json.load(f)
     import torch
 
-    from recbole_llm_mtl.provenance import provenance
+    from recbole_llm_mtl.provenance import read_parts, record_part
     from recbole_llm_mtl.quick_start import run
+    from recbole_llm_mtl.trainer import load_checkpoint
 
     # read before training: the code and YAML that ran are the ones loaded now, and the tree
-    # may move on during a run of hours
-    made_by = {**provenance(), "model_yaml": _model_yaml(spec["model"], spec["dataset"])}
+    # may move on during a run of hours; each part (a resumed or adopted run has several) is
+    # kept in the checkpoint folder, so the JSON names every commit the run was made at
+    start = load_checkpoint(spec["resume"], mmap=True)["epoch"] + 1 if spec.get("resume") else 0
+    made_by = {**record_part(spec["checkpoint_dir"], start), "model_yaml": _model_yaml(spec["model"], spec["dataset"])}
 
     def timed_as(built, trainer):  # autograd anomaly detection slows training, not the numbers
         made_by["autograd_anomaly"] = torch.is_anomaly_enabled()
@@ -151,6 +154,7 @@ def worker(spec_path):
     result["seconds_per_epoch"] = result["fit_seconds"] / max(result["epochs"], 1)
     result["provenance"] = made_by
     result["commit"] = result["provenance"]["commit"]
+    result["parts"] = read_parts(spec["checkpoint_dir"])
     adopted = os.path.join(spec["checkpoint_dir"], ADOPTED)
     if os.path.isfile(adopted):
         with open(adopted) as f:
@@ -296,6 +300,8 @@ def adopt(args, path, todo):
     if here and os.path.isfile(note_path):
         with open(note_path) as f:
             if json.load(f).get("sha1") == note["sha1"]:
+                if not os.path.exists(result):  # (adopted before parts were carried over)
+                    _carry_parts(resume, ckpt_dir)
                 print(f"{name} seed {seed}: {path} was adopted earlier", flush=True)
                 return
     if os.path.exists(result) or here:
@@ -319,10 +325,22 @@ def adopt(args, path, todo):
         os.replace(copy + ".tmp", copy)
         full = load_checkpoint(resume)
         full["best_file"] = os.path.abspath(copy)  # the row tests its own copy
+        _carry_parts(resume, ckpt_dir)
         _atomic_save(full, os.path.join(ckpt_dir, note["file"]))
     finally:
         os.unlink(_lock_path(result))
     print(f"{name} seed {seed}: adopted {path}; its run tests it instead of training", flush=True)
+
+
+def _carry_parts(resume, ckpt_dir):
+    """An adopted run's recorded parts (a tuning trial's commits) become the first parts of
+    the row seed that tests it; the test then adds its own."""
+    from recbole_llm_mtl.provenance import PARTS
+
+    source = os.path.join(os.path.dirname(resume), PARTS)
+    if os.path.isfile(source):
+        shutil.copy2(source, os.path.join(ckpt_dir, PARTS + ".tmp"))
+        os.replace(os.path.join(ckpt_dir, PARTS + ".tmp"), os.path.join(ckpt_dir, PARTS))
 
 
 def _run_row(args, tag, name, seed, result):
@@ -640,7 +658,8 @@ def summarize(args):
         if results:
             loaded[name] = results
             rows.append(summarize_row(name, results))
-    args.run_commits = {r.get("commit", "unknown") for results in loaded.values() for r in results}
+    args.run_commits = {p.get("commit") or "unknown" for results in loaded.values() for r in results
+                        for p in (r.get("parts") or [r])}
     significance = compare_with_best_baseline(rows, loaded)
     parts = compare_parts(rows, loaded)
     configs = {name: config_report(name, results, args.dataset) for name, results in loaded.items()}
@@ -801,11 +820,22 @@ def config_report(name, results, dataset):
             "seeds_disagree": sorted({k for c in configs[1:]
                                       for k in config_diff(c, configs[0], not_shown(c, configs[0]))}),
             "text_dtype": sorted({str(r.get("text_dtype")) for r in results}),
-            "commits": sorted({f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}" for p in prov}),
+            "commits": sorted({_run_commits(r) for r in results}),
             # seeds trained by an earlier run (--adopt) and only tested at these commits
             "adopted": sorted(str(r["config"].get("seed")) for r in results if r.get("adopted_from")),
             "machines": sorted({_machine_line(p.get("machine") or {}) for p in prov}),
             "packages": sorted({json.dumps(p.get("packages"), sort_keys=True) for p in prov})}
+
+
+def _run_commits(result):
+    """The commits a run was made at: every recorded part (``parts_commits``), or the one its
+    provenance names (runs made before parts were kept)."""
+    from recbole_llm_mtl.provenance import parts_commits
+
+    if result.get("parts"):
+        return parts_commits(result["parts"], result.get("epochs"))
+    p = result.get("provenance", {})
+    return f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}"
 
 
 def _machine_line(m):

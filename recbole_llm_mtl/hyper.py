@@ -134,7 +134,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     from recbole.trainer import HyperTuning
 
     from recbole_llm_mtl.config import get_model_class
-    from recbole_llm_mtl.provenance import provenance
+    from recbole_llm_mtl.provenance import read_parts, record_part
     from recbole_llm_mtl.trainer import latest_resume_file, load_checkpoint
 
     if not os.path.isfile(params_file):
@@ -163,12 +163,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
             folder = os.path.join(output_dir, "checkpoints", f"{model}-{dataset}",
                                   hashlib.sha1(key.encode()).hexdigest()[:12])
             resume = latest_resume_file(folder)
-            # the code of each part of a trial (a killed one resumes, maybe at a later commit),
-            # read before it trains: the tree may move on during hours of training
-            part = {**provenance(), "from_epoch": load_checkpoint(resume, mmap=True)["epoch"] + 1 if resume else 0}
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, "parts.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps(part) + "\n")
+            part = record_part(folder, load_checkpoint(resume, mmap=True)["epoch"] + 1 if resume else 0)
             result = run(model, dataset, fixed_files, resume=resume,
                          config_dict={**(overrides or {}), **params, "checkpoint_dir": folder},
                          evaluate_test=evaluate_test)
@@ -178,7 +173,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
                       "best_epoch": result["best_epoch"], "epochs": result["epochs"],
                       "fit_seconds": result["fit_seconds"], "checkpoint": result["checkpoint"],
                       # (epoch, valid score, seconds): the kept epoch is recomputed from it in the report
-                      "history": result["history"], "provenance": part, "parts": _parts(folder),
+                      "history": result["history"], "provenance": part, "parts": read_parts(folder),
                       # cold-start searches select on these (valid), never on test_cold
                       **{k: result[k] for k in ("valid_cold", "valid_warm") if k in result}}
             with open(base + ".trials.jsonl", "a", encoding="utf-8") as f:
@@ -219,26 +214,12 @@ def rerun_command(model, dataset, params, overrides=None, config_files=None):
     return shlex.join(args)
 
 
-def _parts(folder):
-    """Commit, dirty flag and first epoch of each part a trial was trained in."""
-    with open(os.path.join(folder, "parts.jsonl"), encoding="utf-8") as f:
-        parts = [json.loads(line) for line in f if line.strip()]
-    return [{k: p.get(k) for k in ("commit", "dirty", "from_epoch")} for p in parts]
-
-
 def _trial_commits(trial):
-    """The commits a trial trained at, in order: ``abc1234``, ``abc1234 (dirty)``, ``a -> b`` for a
-    trial resumed at another commit, ``b (from epoch 61)`` where its earlier parts were not
-    recorded, ``-`` for trials recorded before commits were."""
-    parts = trial.get("parts") or ([trial["provenance"]] if trial.get("provenance") else [])
-    names = []
-    for p in parts:
-        name = f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}"
-        if not names or names[-1] != name:
-            names.append(name)
-    if parts and (parts[0].get("from_epoch") or 0) > 0:
-        names[0] += f" (from epoch {parts[0]['from_epoch']})"
-    return " -> ".join(names) or "-"
+    """The commits a trial trained at (``parts_commits``); ``-`` for trials recorded before
+    commits were."""
+    from recbole_llm_mtl.provenance import parts_commits
+
+    return parts_commits(trial.get("parts") or ([trial["provenance"]] if trial.get("provenance") else []))
 
 
 def _trial_epoch(trial):

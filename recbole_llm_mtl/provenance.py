@@ -2,6 +2,7 @@
 benchmark run so a reader can tell which rows are comparable and re-make any of them."""
 
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -11,6 +12,7 @@ PACKAGES = ("torch", "recbole", "transformers", "numpy", "pandas", "scipy")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the harness rewrites its own reports there while it runs: not a change to the code
 RESULTS_DIR = os.path.join("benchmarks", "results")
+PARTS = "parts.jsonl"  # in a run's checkpoint folder: one line per process that trained or tested it
 
 
 def _git(*args, repo=REPO):
@@ -74,3 +76,42 @@ def file_sha1(path):
 
 def provenance():
     return {**git_state(), "packages": package_versions(), "machine": machine()}
+
+
+def record_part(folder, from_epoch):
+    """Append this process's provenance to the run checkpointed in ``folder`` as a part that
+    starts at ``from_epoch`` (a killed run resumes, maybe at a later commit, and one adopted by
+    the harness is tested elsewhere); read before the part runs, as the tree may move on
+    during hours of training. Returns the part."""
+    part = {**provenance(), "from_epoch": from_epoch}
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, PARTS), "a", encoding="utf-8") as f:
+        f.write(json.dumps(part) + "\n")
+    return part
+
+
+def read_parts(folder):
+    """Commit, dirty flag and first epoch of each recorded part of the run in ``folder``."""
+    path = os.path.join(folder, PARTS)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        parts = [json.loads(line) for line in f if line.strip()]
+    return [{k: p.get(k) for k in ("commit", "dirty", "from_epoch")} for p in parts]
+
+
+def parts_commits(parts, epochs=None):
+    """The commits a run's parts ran at, in order: ``abc1234``, ``abc1234 (dirty)``, ``a -> b`` for
+    a run resumed at another commit, ``b (from epoch 61)`` where its earlier parts were not
+    recorded, ``b (tested)`` for a part that trained nothing (it started at the run's last
+    epoch, ``epochs``: an adopted run tested by the harness); ``-`` when none were recorded."""
+    names = []
+    for p in parts:
+        name = f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}"
+        if epochs is not None and (p.get("from_epoch") or 0) >= epochs:
+            name += " (tested)"
+        if not names or names[-1] != name:
+            names.append(name)
+    if parts and 0 < (parts[0].get("from_epoch") or 0) and (epochs is None or parts[0]["from_epoch"] < epochs):
+        names[0] += f" (from epoch {parts[0]['from_epoch']})"
+    return " -> ".join(names) or "-"

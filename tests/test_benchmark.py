@@ -182,6 +182,9 @@ def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):
     assert (after["epochs"], after["best_epoch"], after["history"]) == (
         before["epochs"], before["best_epoch"], before["history"])
     assert 0 < after["fit_seconds"] <= before["fit_seconds"]
+    # both processes are named: the one that trained (from epoch 0) and the one that only tested
+    assert [p["from_epoch"] for p in after["parts"]] == [0, after["epochs"]]
+    assert after["parts"][0] == before["parts"][0] and after["commit"] == after["parts"][-1]["commit"]
     # a resume state left by other settings is not resumed: the row trains afresh
     import torch
 
@@ -194,6 +197,22 @@ def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):
     assert third.returncode == 0, third.stderr[-2000:]
     assert "BPR seed 2020: the resume state is stale (config changed: learning_rate 0.5 -> 0.001)" in third.stdout
     assert "BPR seed 2020: training ..." in third.stdout and result.exists()
+    # the stale parts went aside with their checkpoints: the new run is one part, from epoch 0
+    assert [p["from_epoch"] for p in json.loads(result.read_text())["parts"]] == [0]
+
+
+def test_parts_name_every_commit_a_run_was_made_at():
+    """A run resumed at another commit names both; one adopted and only tested names the
+    tester as such; one whose first parts were not recorded says where its record starts."""
+    from recbole_llm_mtl.provenance import parts_commits
+
+    trained = [{"commit": "aaa1111", "from_epoch": 0}, {"commit": "bbb2222", "dirty": True, "from_epoch": 12}]
+    assert parts_commits(trained, 30) == "aaa1111 -> bbb2222 (dirty)"
+    assert parts_commits(trained + [{"commit": "ccc3333", "from_epoch": 30}], 30) == (
+        "aaa1111 -> bbb2222 (dirty) -> ccc3333 (tested)")
+    assert parts_commits([{"commit": "ccc3333", "from_epoch": 7}], 30) == "ccc3333 (from epoch 7)"
+    assert parts_commits([{"commit": "ccc3333", "from_epoch": 30}], 30) == "ccc3333 (tested)"
+    assert parts_commits([]) == "-"
 
 
 def _check_provenance(path):
@@ -637,6 +656,12 @@ def test_adopt_tests_a_finished_tuning_trial_instead_of_training_it(tiny_root, w
     # its anomaly state is the one the trial's resume state recorded, not the tester's or a guess
     assert run["provenance"]["autograd_anomaly"] is False and run["adopted_from"]["autograd_anomaly"] is False
     assert "seed 2020 trained by an earlier run (`--adopt`)" in (out / "amazon-tiny.md").read_text()
+    # the trial's parts (the commit it trained at) lead the run's, then the part that tested it
+    from recbole_llm_mtl.provenance import parts_commits
+
+    assert run["parts"][:-1] == chosen["parts"] and run["parts"][-1]["from_epoch"] == run["epochs"]
+    assert parts_commits(run["parts"], run["epochs"]).endswith("(tested)")
+    assert parts_commits(run["parts"], run["epochs"]) in (out / "amazon-tiny.md").read_text()
     again = subprocess.run(cmd + ["--adopt", chosen["checkpoint"]], cwd=workdir, env=env, capture_output=True,
                            text=True, timeout=900)
     assert "adopted earlier" in again.stdout and "done earlier, kept" in again.stdout

@@ -154,7 +154,7 @@ def worker(spec_path):
     result["seconds_per_epoch"] = result["fit_seconds"] / max(result["epochs"], 1)
     result["provenance"] = made_by
     result["commit"] = result["provenance"]["commit"]
-    result["parts"] = read_parts(spec["checkpoint_dir"])
+    made_by["parts"] = read_parts(spec["checkpoint_dir"])  # every part, this one last
     adopted = os.path.join(spec["checkpoint_dir"], ADOPTED)
     if os.path.isfile(adopted):
         with open(adopted) as f:
@@ -659,7 +659,7 @@ def summarize(args):
             loaded[name] = results
             rows.append(summarize_row(name, results))
     args.run_commits = {p.get("commit") or "unknown" for results in loaded.values() for r in results
-                        for p in (r.get("parts") or [r])}
+                        for p in (r.get("provenance", {}).get("parts") or [r])}
     significance = compare_with_best_baseline(rows, loaded)
     parts = compare_parts(rows, loaded)
     configs = {name: config_report(name, results, args.dataset) for name, results in loaded.items()}
@@ -832,9 +832,9 @@ def _run_commits(result):
     provenance names (runs made before parts were kept)."""
     from recbole_llm_mtl.provenance import parts_commits
 
-    if result.get("parts"):
-        return parts_commits(result["parts"], result.get("epochs"))
     p = result.get("provenance", {})
+    if p.get("parts"):
+        return parts_commits(p["parts"], result.get("epochs"))
     return f"{p.get('commit')}{' (dirty)' if p.get('dirty') else ''}"
 
 

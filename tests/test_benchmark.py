@@ -183,8 +183,9 @@ def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):
         before["epochs"], before["best_epoch"], before["history"])
     assert 0 < after["fit_seconds"] <= before["fit_seconds"]
     # both processes are named: the one that trained (from epoch 0) and the one that only tested
-    assert [p["from_epoch"] for p in after["parts"]] == [0, after["epochs"]]
-    assert after["parts"][0] == before["parts"][0] and after["commit"] == after["parts"][-1]["commit"]
+    parts = after["provenance"]["parts"]
+    assert [p["from_epoch"] for p in parts] == [0, after["epochs"]]
+    assert parts[0] == before["provenance"]["parts"][0] and after["commit"] == parts[-1]["commit"]
     # a resume state left by other settings is not resumed: the row trains afresh
     import torch
 
@@ -198,7 +199,7 @@ def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):
     assert "BPR seed 2020: the resume state is stale (config changed: learning_rate 0.5 -> 0.001)" in third.stdout
     assert "BPR seed 2020: training ..." in third.stdout and result.exists()
     # the stale parts went aside with their checkpoints: the new run is one part, from epoch 0
-    assert [p["from_epoch"] for p in json.loads(result.read_text())["parts"]] == [0]
+    assert [p["from_epoch"] for p in json.loads(result.read_text())["provenance"]["parts"]] == [0]
 
 
 def test_parts_name_every_commit_a_run_was_made_at():
@@ -659,9 +660,10 @@ def test_adopt_tests_a_finished_tuning_trial_instead_of_training_it(tiny_root, w
     # the trial's parts (the commit it trained at) lead the run's, then the part that tested it
     from recbole_llm_mtl.provenance import parts_commits
 
-    assert run["parts"][:-1] == chosen["parts"] and run["parts"][-1]["from_epoch"] == run["epochs"]
-    assert parts_commits(run["parts"], run["epochs"]).endswith("(tested)")
-    assert parts_commits(run["parts"], run["epochs"]) in (out / "amazon-tiny.md").read_text()
+    parts = run["provenance"]["parts"]
+    assert parts[:-1] == chosen["parts"] and parts[-1]["from_epoch"] == run["epochs"]
+    assert parts_commits(parts, run["epochs"]).endswith("(tested)")
+    assert parts_commits(parts, run["epochs"]) in (out / "amazon-tiny.md").read_text()
     again = subprocess.run(cmd + ["--adopt", chosen["checkpoint"]], cwd=workdir, env=env, capture_output=True,
                            text=True, timeout=900)
     assert "adopted earlier" in again.stdout and "done earlier, kept" in again.stdout

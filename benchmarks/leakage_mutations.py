@@ -5,7 +5,8 @@ one exact source edit (an anchor that must be found once, or the script stops: t
 otherwise test nothing). For each, the repository's tracked files are copied to a temporary
 folder, the edit is applied there (the checkout is never touched), and the named tests run
 against that copy. A mutation is *caught* when at least one test fails (not errors: a crash
-would prove nothing about leakage). The table lists the tests that failed.
+would prove nothing about leakage), and the same selections pass first on an unbroken copy
+(the control). The table lists the tests that failed.
 
     python benchmarks/leakage_mutations.py [--only NAME ...] [--out benchmarks/results/leakage-mutations.md]
 
@@ -123,6 +124,20 @@ def main(argv=None):
     state = git_state()  # the copy is the tree on disk: say so when it is not the commit
     commit = state["commit"] + (" with uncommitted changes" if state["dirty"] else "")
     rows, caught_all = [], True
+    # the control: the same test selections on an unbroken copy must pass, or a failure under a
+    # mutation would prove nothing about that mutation
+    selections = list(dict.fromkeys(tuple(MUTATIONS[n][4]) for n in args.only or MUTATIONS))
+    with tempfile.TemporaryDirectory(prefix="control-") as folder:
+        tracked_copy(folder)
+        for tests in selections:
+            failed, errored, passed, seconds = run_tests(folder, tests)
+            clean = not failed and not errored
+            caught_all &= clean
+            print(f"control {' '.join(tests)}: {'passes' if clean else 'FAILS'} ({len(failed)} failed, "
+                  f"{len(errored)} errors, {passed} passed, {seconds:.0f} s)", flush=True)
+            rows.append(f"| none (control) | nothing: the unbroken copy | `{' '.join(tests)}` | "
+                        f"{'<br>'.join(failed) or '-'} | {'<br>'.join(errored) or '-'} | {passed} | "
+                        f"{'- (passes)' if clean else '**the control fails**'} |")
     for name in args.only or MUTATIONS:
         what, rel, anchor, replacement, tests = MUTATIONS[name]
         with tempfile.TemporaryDirectory(prefix="mutation-") as folder:
@@ -140,7 +155,8 @@ def main(argv=None):
              f"`python benchmarks/leakage_mutations.py{' --only ' + ' '.join(repr(n) for n in args.only) if args.only else ''}`"
              f" at `{commit}`: each row is one source edit applied to a copy of the checkout "
              "(`MUTATIONS` in the script holds the exact edit), then the tests named ran there. "
-             "On the unbroken code the same tests pass (CI).", "",
+             "The control rows run the same tests on an unbroken copy: they pass, so each failure "
+             "below is the mutation's.", "",
              "| mutation | what it breaks | tests run | failed | errors | passed | caught |",
              "|---|---|---|---|---|---|---|", *rows, ""]
     with open(args.out, "w", encoding="utf-8") as f:

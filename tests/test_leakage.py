@@ -276,3 +276,20 @@ def test_user_text_ignores_held_out_items(held_out_runs):
     leaked = [t for t in texts_same + texts_moved if HELD_REVIEW in t]
     assert not leaked, f"a held-out interaction's review reached a user's input: {leaked[0]!r}"
     assert texts_same == texts_moved
+
+
+def test_every_leakage_mutation_still_applies_to_the_code():
+    """benchmarks/leakage_mutations.py breaks the code by exact source edits: each anchor must
+    still occur once, or the script would stop (or, edited loosely, test nothing)."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("leakage_mutations",
+                                                  os.path.join(root, "benchmarks", "leakage_mutations.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert len(script.MUTATIONS) >= 5
+    for name, (_, rel, anchor, replacement, tests) in script.MUTATIONS.items():
+        with open(os.path.join(root, rel), encoding="utf-8") as f:
+            assert f.read().count(anchor) == 1, f"{name}: its anchor is not in {rel} exactly once"
+        assert replacement != anchor and os.path.isfile(os.path.join(root, tests[0]))

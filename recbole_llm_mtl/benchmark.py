@@ -220,7 +220,8 @@ def _row_overrides(args, name):
 
 
 def run_all(args):
-    todo = [(n, s) for n in (args.models or list(RUNS)) for s in RUNS[n][2][: args.max_seeds]]
+    todo = [(n, s) for n in (args.models or list(RUNS)) for s in RUNS[n][2][: args.max_seeds]
+            if not args.seeds or s in args.seeds]
     for name in dict.fromkeys(n for n, _ in todo):  # a bad config or data folder stops here, not in N workers
         _spec_config({"model": RUNS[name][0], "dataset": args.dataset, "checkpoint_dir": args.checkpoints,
                       "overrides": _row_overrides(args, name)})
@@ -1127,6 +1128,9 @@ def main(argv=None):
     parser.add_argument("--adopt", nargs="+", metavar="CHECKPOINT",
                         help="finished runs made elsewhere (e.g. the selected tuning trial) that equal a row seed "
                              "here: that seed is tested, not trained again")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                        help="train only these of the rows' seeds (e.g. one seed per process on a machine with "
+                             "more cores; the report still shows every finished seed)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -1138,6 +1142,10 @@ def main(argv=None):
                if any(RUNS[n][0] == m for n in args.models or list(RUNS))}
     if refused and args.models:
         parser.error(f"--protocol {args.protocol}: " + "; ".join(refused.values()))
+    row_seeds = {s for n in args.models or list(RUNS) for s in RUNS[n][2][: args.max_seeds]}
+    if set(args.seeds or ()) - row_seeds:
+        parser.error(f"--seeds {sorted(set(args.seeds) - row_seeds)}: not a seed of these rows "
+                     f"(their seeds: {sorted(row_seeds)})")
     if refused:  # the default rows: leave those out
         args.models = [n for n in RUNS if RUNS[n][0] not in refused]
     args.extra = {}

@@ -202,6 +202,20 @@ def test_harness_finishes_a_run_killed_after_training(tiny_root, workdir):
     assert [p["from_epoch"] for p in json.loads(result.read_text())["provenance"]["parts"]] == [0]
 
 
+def test_seeds_trains_only_the_seeds_named(tiny_root, workdir):
+    """``--seeds``: one process per seed (the others run elsewhere); a seed no row has is refused."""
+    out = workdir / "results"
+    cmd = [sys.executable, "-m", "recbole_llm_mtl.benchmark", "--dataset", "amazon", "--tiny", "--data_path", tiny_root,
+           "--models", "BPR", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd + ["--seeds", "2021"], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[1/1] BPR seed 2021: training" in proc.stdout and "seed 2020" not in proc.stdout
+    assert sorted(p.name for p in (out / "runs" / "amazon-tiny").glob("*.json")) == ["BPR-seed2021.json"]
+    refused = subprocess.run(cmd + ["--seeds", "7"], cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 2 and "--seeds [7]: not a seed of these rows" in refused.stderr
+
+
 def test_parts_name_every_commit_a_run_was_made_at():
     """A run resumed at another commit names both; one adopted and only tested names the
     tester as such; one whose first parts were not recorded says where its record starts."""

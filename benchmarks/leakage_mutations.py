@@ -124,33 +124,35 @@ def main(argv=None):
     state = git_state()  # the copy is the tree on disk: say so when it is not the commit
     commit = state["commit"] + (" with uncommitted changes" if state["dirty"] else "")
     rows, caught_all = [], True
+
+    def record(name, what, tests, result, verdict, row_verdict):
+        failed, errored, passed, seconds = result
+        print(f"{name}: {verdict} ({len(failed)} failed, {len(errored)} errors, {passed} passed, {seconds:.0f} s)",
+              flush=True)
+        rows.append(f"| {name} | {what} | `{' '.join(tests)}` | {'<br>'.join(failed) or '-'} | "
+                    f"{'<br>'.join(errored) or '-'} | {passed} | {row_verdict} |")
+
     # the control: the same test selections on an unbroken copy must pass, or a failure under a
     # mutation would prove nothing about that mutation
     selections = list(dict.fromkeys(tuple(MUTATIONS[n][4]) for n in args.only or MUTATIONS))
     with tempfile.TemporaryDirectory(prefix="control-") as folder:
         tracked_copy(folder)
         for tests in selections:
-            failed, errored, passed, seconds = run_tests(folder, tests)
-            clean = not failed and not errored
+            result = run_tests(folder, tests)
+            clean = not result[0] and not result[1]
             caught_all &= clean
-            print(f"control {' '.join(tests)}: {'passes' if clean else 'FAILS'} ({len(failed)} failed, "
-                  f"{len(errored)} errors, {passed} passed, {seconds:.0f} s)", flush=True)
-            rows.append(f"| none (control) | nothing: the unbroken copy | `{' '.join(tests)}` | "
-                        f"{'<br>'.join(failed) or '-'} | {'<br>'.join(errored) or '-'} | {passed} | "
-                        f"{'- (passes)' if clean else '**the control fails**'} |")
+            record("none (control)", "nothing: the unbroken copy", tests, result, "passes" if clean else "FAILS",
+                   "- (passes)" if clean else "**the control fails**")
     for name in args.only or MUTATIONS:
         what, rel, anchor, replacement, tests = MUTATIONS[name]
         with tempfile.TemporaryDirectory(prefix="mutation-") as folder:
             tracked_copy(folder)
             mutate(folder, rel, anchor, replacement)
-            failed, errored, passed, seconds = run_tests(folder, tests)
-        caught = bool(failed)
+            result = run_tests(folder, tests)
+        caught = bool(result[0])
         caught_all &= caught
-        print(f"{name}: {'caught' if caught else 'NOT CAUGHT'} ({len(failed)} failed, {len(errored)} errors, "
-              f"{passed} passed, {seconds:.0f} s)", flush=True)
-        rows.append(f"| {name} | {what} (`{rel}`) | `{' '.join(tests)}` | "
-                    f"{'<br>'.join(failed) or '-'} | {'<br>'.join(errored) or '-'} | {passed} | "
-                    f"{'yes' if caught else '**no**'} |")
+        record(name, f"{what} (`{rel}`)", tests, result, "caught" if caught else "NOT CAUGHT",
+               "yes" if caught else "**no**")
     lines = ["# Leakage tests against deliberately broken builds", "",
              f"`python benchmarks/leakage_mutations.py{' --only ' + ' '.join(repr(n) for n in args.only) if args.only else ''}`"
              f" at `{commit}`: each row is one source edit applied to a copy of the checkout "

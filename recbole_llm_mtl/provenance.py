@@ -85,8 +85,13 @@ def record_part(folder, from_epoch):
     during hours of training. Returns the part."""
     part = {**provenance(), "from_epoch": from_epoch}
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, PARTS), "a", encoding="utf-8") as f:
-        f.write(json.dumps(part) + "\n")
+    path = os.path.join(folder, PARTS)
+    with open(path, "a+b") as f:  # after a line cut by a kill, start a fresh one
+        cut = False
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        f.write((b"\n" if cut else b"") + (json.dumps(part) + "\n").encode("utf-8"))
     return part
 
 
@@ -95,8 +100,13 @@ def read_parts(folder):
     path = os.path.join(folder, PARTS)
     if not os.path.isfile(path):
         return []
+    parts = []
     with open(path, encoding="utf-8") as f:
-        parts = [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:  # a line cut by a kill is skipped: it must not cost a finished run its result
+                parts.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     return [{k: p.get(k) for k in ("commit", "dirty", "from_epoch")} for p in parts]
 
 

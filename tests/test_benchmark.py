@@ -230,6 +230,19 @@ def test_parts_name_every_commit_a_run_was_made_at():
     assert parts_commits([]) == "-"
 
 
+def test_a_part_line_cut_by_a_kill_is_skipped(tmp_path):
+    """A process killed while appending its part leaves half a line; reading the parts after a
+    finished run must not fail on it (the run's result would be lost)."""
+    from recbole_llm_mtl.provenance import PARTS, read_parts, record_part
+
+    record_part(str(tmp_path), 0)
+    with open(tmp_path / PARTS, "a") as f:
+        f.write('{"commit": "abc12')
+    record_part(str(tmp_path), 5)
+    assert [p["from_epoch"] for p in read_parts(str(tmp_path))] == [0, 5]
+    assert (tmp_path / PARTS).read_text().count("\n") == 3  # two whole lines and the cut one, no blank
+
+
 def _check_provenance(path):
     """A run JSON says what ran where: resolved config, versions, commit, machine, dtype;
     its per-user scores average to its reported NDCG@10."""

@@ -10,6 +10,9 @@ valid alone (test is not read). Writes ``<output_dir>/<model>-<dataset>.md`` and
 training run. A killed search resumes when re-run with the same arguments: finished trials
 are kept in ``<model>-<dataset>.trials.jsonl``, and an unfinished one continues from its
 last epoch.
+
+``--edge SIZE_KEY`` then follows the edge rule (``edge_steps``): while the best trial has an
+untried neighbour along the learning rate or that size, the neighbour is tried.
 """
 
 import argparse
@@ -204,6 +207,77 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     return best, trials
 
 
+def _best_trial(trials):
+    """The best trial by valid; a tie keeps the earlier one (a later point must beat it)."""
+    def rank(item):
+        index, t = item
+        return (t["best_valid_score"] if t.get("valid_score_bigger", True) else -t["best_valid_score"], -index)
+    return max(enumerate(trials), key=rank)[1]
+
+
+def _step(value, factor):
+    """A learning rate x0.5 or x2 (6 significant digits, so 0.001 / 2 reads 0.0005); a size stays an int."""
+    return int(value * factor) if isinstance(value, int) else float(f"{value * factor:.6g}")
+
+
+def edge_steps(trials, size_key=None, lr_key="learning_rate"):
+    """The next trials of the edge rule (``benchmarks/results/tuning-log.md``, session 22).
+
+    A search whose best point by valid has no tried neighbour on some side, along the learning
+    rate (a step halves or doubles it) or along ``size_key`` (the same), has not shown that its
+    best is inside the space: that neighbour is tried next, at the best point's other values
+    (dropout, say). Returns the params of those neighbours, [] once the best point has a tried
+    neighbour on every side. ``trials``: records with ``params`` and ``best_valid_score``, in
+    the order they were made (a tie keeps the earlier). ``size_key=None``: a learning-rate look.
+    """
+    if not trials:
+        return []
+    best = _best_trial(trials)["params"]
+    keys = [k for k in (lr_key, size_key) if k]
+    missing = [k for k in keys if k not in best]
+    if missing:
+        raise LLMMTLError(f"edge rule: the best trial {best} has no {missing}; name the searched keys")
+    tried = [tuple(t["params"].get(k) for k in keys) for t in trials]
+    steps = []
+    for axis, key in enumerate(keys):
+        here = best[key]
+        line = [p[axis] for p in tried  # the tried points on this key's line through the best
+                if p[axis] is not None and all(p[a] == best[k] for a, k in enumerate(keys) if a != axis)]
+        for factor, open_side in ((0.5, not any(v < here for v in line)), (2, not any(v > here for v in line))):
+            if open_side and (key != size_key or _step(here, factor) >= 1):
+                steps.append({**best, key: _step(here, factor)})
+    return steps
+
+
+def tune_edge(model, dataset, size_key=None, lr_key="learning_rate", config_files=None, overrides=None,
+              output_dir="saved/hyper", evaluate_test=False):
+    """Follow the edge rule from the trials recorded in ``output_dir``: each step runs as a
+    one-point search (recorded and resumable like any trial) until none is left; then the
+    report covers every recorded trial. Returns the steps that were run or read back."""
+    base = os.path.join(output_dir, f"{model}-{dataset}")
+    if not os.path.isfile(base + ".trials.jsonl"):
+        raise LLMMTLError(f"--edge: no trials recorded in {base}.trials.jsonl; run the search first "
+                          f"(give --params_file)")
+    ran = []
+    while True:
+        steps = edge_steps(list(_load_trials(base + ".trials.jsonl").values()), size_key, lr_key)
+        if not steps:
+            break
+        for step in steps:
+            print(f"edge rule: trying {step}")
+            space = os.path.join(output_dir, "edge.hyper")
+            with open(space, "w", encoding="utf-8") as f:
+                f.writelines(f"{k} choice [{v!r}]\n" for k, v in step.items())
+            _, trials = tune(model, dataset, space, "exhaustive", 1, 1, config_files, overrides, output_dir,
+                             evaluate_test)
+            if not any(t["params"] == step for t in trials):  # a step that never lands would loop
+                raise LLMMTLError(f"edge rule: the step {step} was not recorded in {base}.trials.jsonl")
+            ran.append(step)
+    trials = list(_load_trials(base + ".trials.jsonl").values())
+    write_report(model, dataset, trials, _best_trial(trials)["params"], output_dir, overrides, config_files)
+    return ran
+
+
 def rerun_command(model, dataset, params, overrides=None, config_files=None):
     """The shell command of a plain training run with ``params``, quoted so that a dict or a
     value with spaces reaches the program as one argument."""
@@ -278,7 +352,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="LLMMTL")
     parser.add_argument("--dataset", default="amazon")
-    parser.add_argument("--params_file", required=True, help="RecBole .hyper search space")
+    parser.add_argument("--params_file", help="RecBole .hyper search space (optional with --edge: the "
+                                                 "steps then start from the trials already recorded)")
     parser.add_argument("--algo", default="exhaustive", choices=ALGOS)
     parser.add_argument("--max_evals", type=int, default=20, help="trials for random/bayes")
     parser.add_argument("--early_stop", type=int, default=10, help="stop after this many trials without progress")
@@ -287,11 +362,20 @@ def main(argv=None):
                         help="reports, the trial log and per-trial checkpoints (re-running resumes)")
     parser.add_argument("--evaluate_test", action="store_true",
                         help="also test every trial (off: selection reads valid only)")
+    parser.add_argument("--edge", metavar="SIZE_KEY", nargs="?", const="",
+                        help="then follow the edge rule: while the best trial has an untried neighbour along "
+                             "the learning rate or this size key (x0.5, x2), try it (no key: learning rate only)")
     args, overrides = parse_with_overrides(parser, argv)  # other --key=value: fixed for every trial
+    if not args.params_file and args.edge is None:
+        parser.error("--params_file is required (or --edge, to follow the edge rule from recorded trials)")
     files = args.config_files.split() if args.config_files else None
     try:
-        tune(args.model, args.dataset, args.params_file, args.algo, args.max_evals, args.early_stop, files,
-             overrides, args.output_dir, args.evaluate_test)
+        if args.params_file:
+            tune(args.model, args.dataset, args.params_file, args.algo, args.max_evals, args.early_stop, files,
+                 overrides, args.output_dir, args.evaluate_test)
+        if args.edge is not None:
+            tune_edge(args.model, args.dataset, args.edge or None, config_files=files, overrides=overrides,
+                      output_dir=args.output_dir, evaluate_test=args.evaluate_test)
     except LLMMTLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

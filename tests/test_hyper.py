@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, tiny_overrides
 from recbole_llm_mtl import hyper
 from recbole_llm_mtl.errors import LLMMTLError
-from recbole_llm_mtl.hyper import read_space, rerun_command, tune, write_report
+from recbole_llm_mtl.hyper import edge_steps, main, read_space, rerun_command, tune, tune_edge, write_report
 from recbole_llm_mtl.quick_start import parse_args
 from recbole_llm_mtl.trainer import kept_epoch
 
@@ -89,6 +89,66 @@ def test_report_best_epoch_and_cold_columns(workdir):
     assert "valid cold recall@10" in table and "valid warm ndcg@10" in table
     assert f"| {trials[0]['valid_cold']['rows']} |" in table  # a count, not a metric
     assert "recorded without its history" in table  # says which epochs were not recomputed
+
+
+def _committed_trials(name):
+    path = Path(ROOT) / "benchmarks" / "results" / "tuning" / f"{name}.trials.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_edge_steps_on_the_committed_searches():
+    """The edge rule reads the searches as they were recorded: SASRec's best (0.001 x 128) is
+    the lowest rate and the largest size of its grid, so both neighbours beyond it come next;
+    GRU4Rec's look already went past its best on both sides; LightGCN's patience-5 best (0.005 x
+    128) has rates on both sides but no larger size."""
+    lr = lambda p: (p["learning_rate"], p.get("hidden_size", p.get("embedding_size")))
+    assert [lr(p) for p in edge_steps(_committed_trials("SASRec-amazon"), "hidden_size")] == [(0.0005, 128), (0.001, 256)]
+    assert edge_steps(_committed_trials("GRU4Rec-amazon")) == []
+    assert [lr(p) for p in edge_steps(_committed_trials("LightGCN-amazon"), "embedding_size")] == [(0.005, 256)]
+    # a step is taken at the best point's other values (here FDSA's dropout trial at 0.001 x 128)
+    fdsa = _committed_trials("FDSA-amazon")
+    grid = [{"params": {"learning_rate": a, "hidden_size": h}, "best_valid_score": v}  # logged, records lost
+            for a, h, v in [(0.005, 64, 0.0609), (0.001, 64, 0.0630), (0.002, 64, 0.0638), (0.001, 128, 0.0650)]]
+    steps = edge_steps(grid + fdsa, "hidden_size")
+    assert [lr(p) for p in steps] == [(0.0005, 128), (0.001, 256)]
+    assert all(p["hidden_dropout_prob"] == p["attn_dropout_prob"] == 0.3 for p in steps)
+    # a step that becomes the best is followed: its own open sides come next
+    won = [{"params": steps[0], "best_valid_score": 0.07}, {"params": steps[1], "best_valid_score": 0.06}]
+    assert [lr(p) for p in edge_steps(grid + fdsa + won, "hidden_size")] == [(0.00025, 128), (0.0005, 64), (0.0005, 256)]
+    # one that only ties the best does not move it, and the search is closed
+    tied = [{"params": steps[0], "best_valid_score": 0.0661}, {"params": steps[1], "best_valid_score": 0.0661}]
+    assert edge_steps(grid + fdsa + tied, "hidden_size") == []
+    with pytest.raises(LLMMTLError, match="no \\['hidden_size'\\]"):
+        edge_steps(_committed_trials("GRU4Rec-amazon"), "hidden_size")
+
+
+def test_edge_rule_runs_its_steps_and_resumes(tiny_root, cache_dir, workdir, monkeypatch):
+    """`--edge` runs each step as a recorded trial (real training on the tiny slice), stops when
+    the best has a tried neighbour on every side, reports every trial, and trains nothing twice.
+    The recorded grid is written here with a score no trained step can reach, so the steps are
+    known: 0.001 (below the best's rate) and size 64 (above its size)."""
+    out = workdir / "hyper"
+    out.mkdir()
+    grid = [((0.002, 32), 1.0), ((0.004, 32), 0.5), ((0.002, 16), 0.5)]
+    with open(out / "LLMMTL-amazon.trials.jsonl", "w") as f:
+        for (rate, size), score in grid:
+            f.write(json.dumps({"params": {"learning_rate": rate, "hidden_size": size}, "fixed": {}, "test": {},
+                                "valid": {"ndcg@10": score}, "best_valid_score": score, "best_epoch": 0, "epochs": 1}) + "\n")
+    overrides = tiny_overrides(tiny_root, cache_dir, task_weights={"behavior": 1.0})
+    ran = tune_edge("LLMMTL", "amazon", "hidden_size", overrides=overrides, output_dir=str(out))
+    assert ran == [{"learning_rate": 0.001, "hidden_size": 32}, {"learning_rate": 0.002, "hidden_size": 64}]
+    records = [json.loads(line) for line in (out / "LLMMTL-amazon.trials.jsonl").read_text().splitlines()]
+    assert [r["params"] for r in records[3:]] == ran and all(r["test"] == {} and r["history"] for r in records[3:])
+    assert (out / "LLMMTL-amazon.csv").read_text().count("\n") == 6  # header + every trial, grid and steps
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished trial was trained again")
+
+    monkeypatch.setattr(hyper, "run", no_training)
+    assert tune_edge("LLMMTL", "amazon", "hidden_size", overrides=overrides, output_dir=str(out)) == []
+    with pytest.raises(SystemExit):  # neither a space nor the edge rule: nothing to do
+        main(["--model=LLMMTL", "--dataset=amazon", f"--output_dir={out}"])
+    assert main(["--model=LLMMTL", "--dataset=amazon", f"--output_dir={workdir / 'none'}", "--edge=hidden_size"]) == 2
 
 
 def test_shipped_spaces_parse():

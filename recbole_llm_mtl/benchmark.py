@@ -612,16 +612,25 @@ def _mean_std(row, key, vals):
     row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
 
 
+ANOMALY_MEND = "422b46a"  # from this commit on, importing RecBole's models leaves anomaly detection off
+
+
 def trained_with_anomaly_detection(result):
     """Whether the run trained with autograd anomaly detection on. Runs made before it was
     recorded: RecBole's models yes (importing them turned it on, until the mend), ours no.
-    A run resumed across the mend records the state of its last part (none exists). None: not
-    known (a run trained elsewhere and adopted, whose resume state predates the record)."""
+    A run resumed across the mend records the state of its last part (none exists). A run trained
+    elsewhere and adopted, whose resume state predates the record: no where every part that
+    trained it ran at a clean tree that holds the mend, else None (not known)."""
     from recbole_llm_mtl.config import plugin_models
+    from recbole_llm_mtl.provenance import includes_commit
 
     recorded = (result.get("provenance") or {}).get("autograd_anomaly")
     if recorded is None and result.get("adopted_from"):
-        return None
+        parts = [p for p in (result.get("provenance") or {}).get("parts") or []
+                 if (p.get("from_epoch") or 0) < result.get("epochs", float("inf"))]  # the test-only part trained nothing
+        mended = parts and all(p.get("dirty") is False and includes_commit(p.get("commit"), ANOMALY_MEND)
+                               for p in parts)
+        return False if mended else None
     return recorded if recorded is not None else result["model"] not in plugin_models()
 
 

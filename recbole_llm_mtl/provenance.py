@@ -38,6 +38,14 @@ def git_state(repo=REPO):
             "dirty": bool(files) if changed is not None else None, "dirty_files": files[:20]}
 
 
+def includes_commit(commit, ancestor, repo=REPO):
+    """True where ``commit`` is ``ancestor`` or descends from it; None where git cannot say so
+    (not a descendant, an unknown commit, no repository): the caller then knows nothing."""
+    if not commit or commit == "unknown":
+        return None
+    return True if _git("merge-base", "--is-ancestor", ancestor, commit, repo=repo) is not None else None
+
+
 def package_versions():
     versions = {}
     for name in PACKAGES:

@@ -406,6 +406,7 @@ def test_rows_timed_with_anomaly_detection_are_marked():
     # adopted from a run whose resume state recorded nothing: not known, neither marked nor cleared
     adopted = {"model": "BPR", "adopted_from": {"file": "x-last.pth"}, "provenance": {"autograd_anomaly": None}}
     assert trained_with_anomaly_detection(adopted) is None
+
     unknown = _results_table([{**_row("BPR", 0.05, 0.08), "anomaly_timed": 0, "anomaly_unknown": 1}], {}, {})
     assert "†" not in "".join(unknown) and unknown[-1].endswith("predates that record: BPR (1 of 3 seeds).")
     rows = [{**_row("LLMMTL", 0.07, 0.08), "anomaly_timed": 0}, {**_row("SASRec", 0.06, 0.07), "anomaly_timed": 2}]
@@ -418,6 +419,28 @@ def test_rows_timed_with_anomaly_detection_are_marked():
         "† trained with autograd anomaly detection on (importing RecBole's models turned it on until it was mended)",
         "† as above"]
     assert both[-1] == "† as above: BERT4Rec (3 of 3 seeds)."
+
+
+def test_adopted_runs_trained_after_the_mend_were_not_timed_with_anomaly_detection():
+    """An adopted seed whose resume state recorded no anomaly state: every part that trained it
+    ran at a clean commit holding the mend, so it trained without (BPR's seed 2020 as committed:
+    trial at 5868d14, tested at 12dd5ba); a part before the mend, or dirty, leaves it unknown."""
+    from recbole_llm_mtl.benchmark import ANOMALY_MEND, trained_with_anomaly_detection
+    from recbole_llm_mtl.provenance import _git
+
+    if _git("cat-file", "-e", ANOMALY_MEND + "^{commit}") is None:
+        pytest.skip("a shallow clone: the mend's commit is not in this history")
+    run = json.load(open(os.path.join(ROOT, "benchmarks", "results", "runs", "amazon", "BPR-seed2020.json")))
+    assert run["adopted_from"] and run["provenance"]["autograd_anomaly"] is None
+    assert trained_with_anomaly_detection(run) is False
+    before = _git("rev-parse", "--short", ANOMALY_MEND + "~1")
+    parts = run["provenance"]["parts"]
+    for changed in ({"commit": before}, {"dirty": True}):
+        moved = {**run, "provenance": {**run["provenance"], "parts": [{**parts[0], **changed}, *parts[1:]]}}
+        assert trained_with_anomaly_detection(moved) is None, changed
+    # the harness's own part only tested it (from its last epoch): a pre-mend commit there is no matter
+    tested = {**run, "provenance": {**run["provenance"], "parts": [parts[0], {**parts[1], "commit": before}]}}
+    assert trained_with_anomaly_detection(tested) is False
 
 
 def _row(name, ndcg, valid, std=0.001):

@@ -125,8 +125,21 @@ def _load_trials(path):
     return done
 
 
+def _search_fixed(model, overrides=None, config_files=None):
+    """What a search fixes for all its trials; part of each trial's identity."""
+    from recbole_llm_mtl.config import get_model_class
+
+    fixed = dict(overrides or {})
+    version = getattr(get_model_class(model), "RESULTS_VERSION", None)
+    if version not in (None, 1):  # trials (and their checkpoints) of older model code are not reused
+        fixed["results_version"] = version
+    if config_files:  # by content: a trial made with another version of a YAML is not reused
+        fixed["config_files"] = {path: _file_hash(path) for path in config_files}
+    return fixed
+
+
 def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_stop=10, config_files=None,
-         overrides=None, output_dir="saved/hyper", evaluate_test=False):
+         overrides=None, output_dir="saved/hyper", evaluate_test=False, report=True):
     """Run the search; returns (best_params, trials) where trials are dicts of params + scores.
 
     Selection is on valid only: trials never read the test split unless ``evaluate_test``.
@@ -136,7 +149,6 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     """
     from recbole.trainer import HyperTuning
 
-    from recbole_llm_mtl.config import get_model_class
     from recbole_llm_mtl.provenance import read_parts, record_part
     from recbole_llm_mtl.trainer import latest_resume_file, load_checkpoint
 
@@ -148,12 +160,7 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     base = os.path.join(output_dir, f"{model}-{dataset}")
     done = _load_trials(base + ".trials.jsonl")
     trials = []
-    fixed = dict(overrides or {})
-    version = getattr(get_model_class(model), "RESULTS_VERSION", None)
-    if version not in (None, 1):  # trials (and their checkpoints) of older model code are not reused
-        fixed["results_version"] = version
-    if config_files:  # by content: a trial made with another version of a YAML is not reused
-        fixed["config_files"] = {path: _file_hash(path) for path in config_files}
+    fixed = _search_fixed(model, overrides, config_files)
 
     space, decode = read_space(params_file)
 
@@ -203,7 +210,8 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
         else:
             os.environ["HYPEROPT_FMIN_SEED"] = before
     best = decode(tuner.best_params)
-    write_report(model, dataset, trials, best, output_dir, overrides, config_files)
+    if report:
+        write_report(model, dataset, trials, best, output_dir, overrides, config_files)
     return best, trials
 
 
@@ -216,7 +224,8 @@ def _best_trial(trials):
 
 
 def _step(value, factor):
-    """A learning rate x0.5 or x2 (6 significant digits, so 0.001 / 2 reads 0.0005); a size stays an int."""
+    """A learning rate x0.5 or x2, kept to 6 significant digits (0.0003 x 2 would otherwise be
+    recorded as 0.0006000000000000001); a size stays an int."""
     return int(value * factor) if isinstance(value, int) else float(f"{value * factor:.6g}")
 
 
@@ -224,58 +233,97 @@ def edge_steps(trials, size_key=None, lr_key="learning_rate"):
     """The next trials of the edge rule (``benchmarks/results/tuning-log.md``, session 22).
 
     A search whose best point by valid has no tried neighbour on some side, along the learning
-    rate (a step halves or doubles it) or along ``size_key`` (the same), has not shown that its
-    best is inside the space: that neighbour is tried next, at the best point's other values
-    (dropout, say). Returns the params of those neighbours, [] once the best point has a tried
-    neighbour on every side. ``trials``: records with ``params`` and ``best_valid_score``, in
-    the order they were made (a tie keeps the earlier). ``size_key=None``: a learning-rate look.
+    rate or along ``size_key``, has not shown that its best is inside the space: the point one
+    step beyond (half or twice the value) is tried next, at the best point's other values
+    (dropout, say). A side counts as tried when any point on that line was, whatever its other
+    searched values (a grid point at RecBole's dropout closes a side of a dropout trial's point).
+    Returns the params of those neighbours, [] once the best has a tried neighbour on every side.
+    ``trials``: records with ``params`` and ``best_valid_score``, in the order they were made (a
+    tie keeps the earlier: a step must beat the best to move it). ``size_key=None``: a
+    learning-rate look. Trials without one of the keys are left out.
     """
+    keys = [k for k in (lr_key, size_key) if k]
+    trials = [t for t in trials if all(k in t["params"] for k in keys)]
     if not trials:
         return []
     best = _best_trial(trials)["params"]
-    keys = [k for k in (lr_key, size_key) if k]
-    missing = [k for k in keys if k not in best]
-    if missing:
-        raise LLMMTLError(f"edge rule: the best trial {best} has no {missing}; name the searched keys")
-    tried = [tuple(t["params"].get(k) for k in keys) for t in trials]
+    if not best[lr_key] > 0:
+        raise LLMMTLError(f"edge rule: the best trial's {lr_key} is {best[lr_key]!r}; it cannot be halved or doubled")
+    tried = [tuple(t["params"][k] for k in keys) for t in trials]
     steps = []
     for axis, key in enumerate(keys):
         here = best[key]
         line = [p[axis] for p in tried  # the tried points on this key's line through the best
-                if p[axis] is not None and all(p[a] == best[k] for a, k in enumerate(keys) if a != axis)]
+                if all(p[a] == best[k] for a, k in enumerate(keys) if a != axis)]
         for factor, open_side in ((0.5, not any(v < here for v in line)), (2, not any(v > here for v in line))):
             if open_side and (key != size_key or _step(here, factor) >= 1):
                 steps.append({**best, key: _step(here, factor)})
     return steps
 
 
+# fixed settings that change how a run is made, not what it computes: records differing only in
+# these belong to the same search (data_path: the same files in another checkout)
+SETTINGS_NOT_RESULTS = ("eval_batch_size", "show_progress", "data_path", "text_cache_dir", "state")
+
+
+def _same_search(fixed, other):
+    def strip(f):
+        return {k: v for k, v in (f or {}).items() if k not in SETTINGS_NOT_RESULTS}
+    return strip(fixed) == strip(other)
+
+
+def _search_trials(base, fixed):
+    """This search's trials: the points ``<base>.logged.jsonl`` holds (trials whose records were
+    lost, with the figures a log wrote; they count as tried and may be the best), then every
+    recorded trial made under the same fixed settings, in order."""
+    logged = []
+    if os.path.isfile(base + ".logged.jsonl"):
+        with open(base + ".logged.jsonl", encoding="utf-8") as f:
+            logged = [json.loads(line) for line in f if line.strip()]
+    recorded = list(_load_trials(base + ".trials.jsonl").values())
+    same = [t for t in recorded if _same_search(t.get("fixed"), fixed)]
+    if len(same) < len(recorded):
+        print(f"edge rule: {len(recorded) - len(same)} recorded trial(s) of other settings left out")
+    return logged + same
+
+
 def tune_edge(model, dataset, size_key=None, lr_key="learning_rate", config_files=None, overrides=None,
               output_dir="saved/hyper", evaluate_test=False):
-    """Follow the edge rule from the trials recorded in ``output_dir``: each step runs as a
-    one-point search (recorded and resumable like any trial) until none is left; then the
-    report covers every recorded trial. Returns the steps that were run or read back."""
+    """Follow the edge rule from the trials recorded in ``output_dir`` (and any logged points):
+    each step runs as a one-point search (recorded and resumable like any trial) until none is
+    left; the report, re-written after each step, covers every trial of the search. Returns the
+    steps that were run or read back."""
     base = os.path.join(output_dir, f"{model}-{dataset}")
-    if not os.path.isfile(base + ".trials.jsonl"):
-        raise LLMMTLError(f"--edge: no trials recorded in {base}.trials.jsonl; run the search first "
-                          f"(give --params_file)")
+    fixed = _search_fixed(model, overrides, config_files)
+    if not _search_trials(base, fixed):
+        raise LLMMTLError(f"--edge: no finished trial of this search in {base}.trials.jsonl; run the search "
+                          f"first (--params_file, with the same fixed settings)")
+    space = base + ".edge.hyper"
     ran = []
     while True:
-        steps = edge_steps(list(_load_trials(base + ".trials.jsonl").values()), size_key, lr_key)
+        steps = edge_steps(_search_trials(base, fixed), size_key, lr_key)
         if not steps:
             break
         for step in steps:
             print(f"edge rule: trying {step}")
-            space = os.path.join(output_dir, "edge.hyper")
             with open(space, "w", encoding="utf-8") as f:
                 f.writelines(f"{k} choice [{v!r}]\n" for k, v in step.items())
+            points, decode = read_space(space)
+            if decode({k: v[0] for k, v in points["choice"].items()}) != step:  # e.g. a string with spaces
+                raise LLMMTLError(f"edge rule: the step {step} cannot be written as a .hyper space")
             _, trials = tune(model, dataset, space, "exhaustive", 1, 1, config_files, overrides, output_dir,
-                             evaluate_test)
+                             evaluate_test, report=False)
+            os.remove(space)
             if not any(t["params"] == step for t in trials):  # a step that never lands would loop
                 raise LLMMTLError(f"edge rule: the step {step} was not recorded in {base}.trials.jsonl")
             ran.append(step)
-    trials = list(_load_trials(base + ".trials.jsonl").values())
-    write_report(model, dataset, trials, _best_trial(trials)["params"], output_dir, overrides, config_files)
+            _report_search(model, dataset, _search_trials(base, fixed), output_dir, overrides, config_files)
+    _report_search(model, dataset, _search_trials(base, fixed), output_dir, overrides, config_files)
     return ran
+
+
+def _report_search(model, dataset, trials, output_dir, overrides, config_files):
+    write_report(model, dataset, trials, _best_trial(trials)["params"], output_dir, overrides, config_files)
 
 
 def rerun_command(model, dataset, params, overrides=None, config_files=None):
@@ -290,9 +338,11 @@ def rerun_command(model, dataset, params, overrides=None, config_files=None):
 
 def _trial_commits(trial):
     """The commits a trial trained at (``parts_commits``); ``-`` for trials recorded before
-    commits were."""
+    commits were; a logged point (its record lost) says so."""
     from recbole_llm_mtl.provenance import parts_commits
 
+    if trial.get("logged"):
+        return f"logged, record lost ({trial['logged']})"
     return parts_commits(trial.get("parts") or ([trial["provenance"]] if trial.get("provenance") else []))
 
 
@@ -327,7 +377,7 @@ def write_report(model, dataset, trials, best, output_dir, overrides=None, confi
                        + [value(t, s, m) for s, m in columns])
     fmt = lambda v: "-" if v is None else str(v) if isinstance(v, int) else f"{v:.4f}"  # ints: counts of rows
     lines = [f"# Tuning {model} on {dataset}", "",
-             "Selected on the valid score alone" + ("" if any(t["test"] for t in trials) else "; test was not read") + ".",
+             "Selected on the valid score alone" + ("" if any(t.get("test") for t in trials) else "; test was not read") + ".",
              "", "| trial | " + " | ".join(keys) + " | valid score | best epoch | epochs | commits | "
              + " | ".join(f"{s.replace('_', ' ')} {m}" for s, m in columns) + " |",
              "|---" * (len(keys) + len(columns) + 5) + "|"]

@@ -91,9 +91,10 @@ def test_report_best_epoch_and_cold_columns(workdir):
     assert "recorded without its history" in table  # says which epochs were not recomputed
 
 
-def _committed_trials(name):
-    path = Path(ROOT) / "benchmarks" / "results" / "tuning" / f"{name}.trials.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def _committed_trials(name, first):
+    """The first ``first`` records of a committed search (later ones may be appended as trials land)."""
+    path = Path(ROOT) / "benchmarks" / "results" / "tuning" / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()][:first]
 
 
 def test_edge_steps_on_the_committed_searches():
@@ -101,45 +102,64 @@ def test_edge_steps_on_the_committed_searches():
     the lowest rate and the largest size of its grid, so both neighbours beyond it come next;
     GRU4Rec's look already went past its best on both sides; LightGCN's patience-5 best (0.005 x
     128) has rates on both sides but no larger size."""
-    lr = lambda p: (p["learning_rate"], p.get("hidden_size", p.get("embedding_size")))
-    assert [lr(p) for p in edge_steps(_committed_trials("SASRec-amazon"), "hidden_size")] == [(0.0005, 128), (0.001, 256)]
-    assert edge_steps(_committed_trials("GRU4Rec-amazon")) == []
-    assert [lr(p) for p in edge_steps(_committed_trials("LightGCN-amazon"), "embedding_size")] == [(0.005, 256)]
-    # a step is taken at the best point's other values (here FDSA's dropout trial at 0.001 x 128)
-    fdsa = _committed_trials("FDSA-amazon")
-    grid = [{"params": {"learning_rate": a, "hidden_size": h}, "best_valid_score": v}  # logged, records lost
-            for a, h, v in [(0.005, 64, 0.0609), (0.001, 64, 0.0630), (0.002, 64, 0.0638), (0.001, 128, 0.0650)]]
-    steps = edge_steps(grid + fdsa, "hidden_size")
-    assert [lr(p) for p in steps] == [(0.0005, 128), (0.001, 256)]
+    def point(p):
+        return p["learning_rate"], p.get("hidden_size", p.get("embedding_size"))
+
+    sasrec = _committed_trials("SASRec-amazon.trials", 6)
+    assert [point(p) for p in edge_steps(sasrec, "hidden_size")] == [(0.0005, 128), (0.001, 256)]
+    assert edge_steps(_committed_trials("GRU4Rec-amazon.trials", 6)) == []
+    lightgcn = _committed_trials("LightGCN-amazon.trials", 8)
+    assert [point(p) for p in edge_steps(lightgcn, "embedding_size")] == [(0.005, 256)]
+    # the same when lower is better: the rule reads the score's direction from the record
+    flipped = [{**t, "best_valid_score": -t["best_valid_score"], "valid_score_bigger": False} for t in lightgcn]
+    assert edge_steps(flipped, "embedding_size") == edge_steps(lightgcn, "embedding_size")
+    # a step is taken at the best point's other values (FDSA's 0.3 dropout trial at 0.001 x 128);
+    # the grid points whose records were lost count as tried from their logged figures
+    grid = _committed_trials("FDSA-amazon.logged", 4)
+    fdsa = grid + _committed_trials("FDSA-amazon.trials", 3)
+    steps = edge_steps(fdsa, "hidden_size")
+    assert [point(p) for p in steps] == [(0.0005, 128), (0.001, 256)]
     assert all(p["hidden_dropout_prob"] == p["attn_dropout_prob"] == 0.3 for p in steps)
+    assert [point(p) for p in edge_steps(fdsa[4:], "hidden_size")] == [(0.0005, 128), (0.001, 64), (0.001, 256)]
     # a step that becomes the best is followed: its own open sides come next
     won = [{"params": steps[0], "best_valid_score": 0.07}, {"params": steps[1], "best_valid_score": 0.06}]
-    assert [lr(p) for p in edge_steps(grid + fdsa + won, "hidden_size")] == [(0.00025, 128), (0.0005, 64), (0.0005, 256)]
+    assert [point(p) for p in edge_steps(fdsa + won, "hidden_size")] == [(0.00025, 128), (0.0005, 64), (0.0005, 256)]
     # one that only ties the best does not move it, and the search is closed
-    tied = [{"params": steps[0], "best_valid_score": 0.0661}, {"params": steps[1], "best_valid_score": 0.0661}]
-    assert edge_steps(grid + fdsa + tied, "hidden_size") == []
-    with pytest.raises(LLMMTLError, match="no \\['hidden_size'\\]"):
-        edge_steps(_committed_trials("GRU4Rec-amazon"), "hidden_size")
+    tied = [{"params": p, "best_valid_score": 0.0661} for p in steps]
+    assert edge_steps(fdsa + tied, "hidden_size") == []
+    assert edge_steps([], "hidden_size") == []
+    with pytest.raises(LLMMTLError, match="cannot be halved"):
+        edge_steps([{"params": {"learning_rate": 0.0}, "best_valid_score": 0.1}])
 
 
 def test_edge_rule_runs_its_steps_and_resumes(tiny_root, cache_dir, workdir, monkeypatch):
     """`--edge` runs each step as a recorded trial (real training on the tiny slice), stops when
     the best has a tried neighbour on every side, reports every trial, and trains nothing twice.
-    The recorded grid is written here with a score no trained step can reach, so the steps are
-    known: 0.001 (below the best's rate) and size 64 (above its size)."""
+    The search's earlier points are written here with scores no trained step can reach, so the
+    steps are known: 0.001 (below the best's rate) and size 64 (above its size). One of them is
+    a logged point (its record lost); a trial made under other settings (patience 5) is not part
+    of this search, though it scored best."""
     out = workdir / "hyper"
     out.mkdir()
-    grid = [((0.002, 32), 1.0), ((0.004, 32), 0.5), ((0.002, 16), 0.5)]
-    with open(out / "LLMMTL-amazon.trials.jsonl", "w") as f:
-        for (rate, size), score in grid:
-            f.write(json.dumps({"params": {"learning_rate": rate, "hidden_size": size}, "fixed": {}, "test": {},
-                                "valid": {"ndcg@10": score}, "best_valid_score": score, "best_epoch": 0, "epochs": 1}) + "\n")
     overrides = tiny_overrides(tiny_root, cache_dir, task_weights={"behavior": 1.0})
+    fixed = {**overrides, "eval_batch_size": 128}  # an evaluation batch size is not a result setting
+
+    def record(rate, size, score, **extra):
+        return json.dumps({"params": {"learning_rate": rate, "hidden_size": size}, "test": {}, "valid": {"ndcg@10": score},
+                           "best_valid_score": score, "best_epoch": 0, "epochs": 1, **extra}) + "\n"
+
+    (out / "LLMMTL-amazon.trials.jsonl").write_text(
+        record(0.002, 32, 1.0, fixed=fixed) + record(0.004, 32, 0.5, fixed=fixed)
+        + record(0.002, 128, 2.0, fixed={**fixed, "stopping_step": "5"}))
+    (out / "LLMMTL-amazon.logged.jsonl").write_text(record(0.002, 16, 0.5, logged="a log"))
     ran = tune_edge("LLMMTL", "amazon", "hidden_size", overrides=overrides, output_dir=str(out))
     assert ran == [{"learning_rate": 0.001, "hidden_size": 32}, {"learning_rate": 0.002, "hidden_size": 64}]
     records = [json.loads(line) for line in (out / "LLMMTL-amazon.trials.jsonl").read_text().splitlines()]
     assert [r["params"] for r in records[3:]] == ran and all(r["test"] == {} and r["history"] for r in records[3:])
-    assert (out / "LLMMTL-amazon.csv").read_text().count("\n") == 6  # header + every trial, grid and steps
+    rows = list(csv.DictReader(open(out / "LLMMTL-amazon.csv")))  # every trial of the search: logged, grid, steps
+    assert [(float(r["learning_rate"]), int(r["hidden_size"])) for r in rows] == [
+        (0.002, 16), (0.002, 32), (0.004, 32), (0.001, 32), (0.002, 64)]
+    assert rows[0]["commits"] == "logged, record lost (a log)" and not os.path.exists(out / "LLMMTL-amazon.edge.hyper")
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished trial was trained again")

@@ -406,7 +406,6 @@ def test_rows_timed_with_anomaly_detection_are_marked():
     # adopted from a run whose resume state recorded nothing: not known, neither marked nor cleared
     adopted = {"model": "BPR", "adopted_from": {"file": "x-last.pth"}, "provenance": {"autograd_anomaly": None}}
     assert trained_with_anomaly_detection(adopted) is None
-
     unknown = _results_table([{**_row("BPR", 0.05, 0.08), "anomaly_timed": 0, "anomaly_unknown": 1}], {}, {})
     assert "†" not in "".join(unknown) and unknown[-1].endswith("predates that record: BPR (1 of 3 seeds).")
     rows = [{**_row("LLMMTL", 0.07, 0.08), "anomaly_timed": 0}, {**_row("SASRec", 0.06, 0.07), "anomaly_timed": 2}]
@@ -430,7 +429,8 @@ def test_adopted_runs_trained_after_the_mend_were_not_timed_with_anomaly_detecti
 
     if _git("cat-file", "-e", ANOMALY_MEND + "^{commit}") is None:
         pytest.skip("a shallow clone: the mend's commit is not in this history")
-    run = json.load(open(os.path.join(ROOT, "benchmarks", "results", "runs", "amazon", "BPR-seed2020.json")))
+    with open(os.path.join(ROOT, "benchmarks", "results", "runs", "amazon", "BPR-seed2020.json")) as f:
+        run = json.load(f)
     assert run["adopted_from"] and run["provenance"]["autograd_anomaly"] is None
     assert trained_with_anomaly_detection(run) is False
     before = _git("rev-parse", "--short", ANOMALY_MEND + "~1")

@@ -113,16 +113,10 @@ def _file_hash(path):
 
 def _load_trials(path):
     """Finished trials of an earlier (killed) search: params key -> record."""
-    done = {}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill: that trial runs again
-                    continue
-                done[_trial_key(record["params"], record.get("fixed"))] = record
-    return done
+    from recbole_llm_mtl.provenance import read_jsonl
+
+    # a line cut by a kill is skipped: that trial runs again
+    return {_trial_key(r["params"], r.get("fixed")): r for r in read_jsonl(path)}
 
 
 def _search_fixed(model, overrides=None, config_files=None):
@@ -273,18 +267,16 @@ def _same_search(fixed, other):
 
 
 def _search_trials(base, fixed):
-    """This search's trials: the points ``<base>.logged.jsonl`` holds (trials whose records were
-    lost, with the figures a log wrote; they count as tried and may be the best), then every
-    recorded trial made under the same fixed settings, in order."""
-    logged = []
-    if os.path.isfile(base + ".logged.jsonl"):
-        with open(base + ".logged.jsonl", encoding="utf-8") as f:
-            logged = [json.loads(line) for line in f if line.strip()]
+    """This search's trials and how many recorded ones were left out: the points
+    ``<base>.logged.jsonl`` holds (trials whose records were lost, with the figures a log wrote;
+    they count as tried and may be the best), then every recorded trial made under the same
+    fixed settings, in order."""
+    from recbole_llm_mtl.provenance import read_jsonl
+
+    logged = read_jsonl(base + ".logged.jsonl", cut_lines_ok=False)  # written by hand: a bad line is named
     recorded = list(_load_trials(base + ".trials.jsonl").values())
     same = [t for t in recorded if _same_search(t.get("fixed"), fixed)]
-    if len(same) < len(recorded):
-        print(f"edge rule: {len(recorded) - len(same)} recorded trial(s) of other settings left out")
-    return logged + same
+    return logged + same, len(recorded) - len(same)
 
 
 def tune_edge(model, dataset, size_key=None, lr_key="learning_rate", config_files=None, overrides=None,
@@ -295,15 +287,15 @@ def tune_edge(model, dataset, size_key=None, lr_key="learning_rate", config_file
     steps that were run or read back."""
     base = os.path.join(output_dir, f"{model}-{dataset}")
     fixed = _search_fixed(model, overrides, config_files)
-    if not _search_trials(base, fixed):
+    trials, left_out = _search_trials(base, fixed)
+    if not trials:
         raise LLMMTLError(f"--edge: no finished trial of this search in {base}.trials.jsonl; run the search "
                           f"first (--params_file, with the same fixed settings)")
+    if left_out:
+        print(f"edge rule: {left_out} recorded trial(s) of other settings left out")
     space = base + ".edge.hyper"
     ran = []
-    while True:
-        steps = edge_steps(_search_trials(base, fixed), size_key, lr_key)
-        if not steps:
-            break
+    while steps := edge_steps(trials, size_key, lr_key):
         for step in steps:
             print(f"edge rule: trying {step}")
             with open(space, "w", encoding="utf-8") as f:
@@ -317,13 +309,12 @@ def tune_edge(model, dataset, size_key=None, lr_key="learning_rate", config_file
             if not any(t["params"] == step for t in trials):  # a step that never lands would loop
                 raise LLMMTLError(f"edge rule: the step {step} was not recorded in {base}.trials.jsonl")
             ran.append(step)
-            _report_search(model, dataset, _search_trials(base, fixed), output_dir, overrides, config_files)
-    _report_search(model, dataset, _search_trials(base, fixed), output_dir, overrides, config_files)
+            trials = _search_trials(base, fixed)[0]
+            # after each step, so that a search killed in the next one leaves the whole report
+            write_report(model, dataset, trials, _best_trial(trials)["params"], output_dir, overrides, config_files)
+    if not ran:  # nothing to add: the report still covers the whole search
+        write_report(model, dataset, trials, _best_trial(trials)["params"], output_dir, overrides, config_files)
     return ran
-
-
-def _report_search(model, dataset, trials, output_dir, overrides, config_files):
-    write_report(model, dataset, trials, _best_trial(trials)["params"], output_dir, overrides, config_files)
 
 
 def rerun_command(model, dataset, params, overrides=None, config_files=None):

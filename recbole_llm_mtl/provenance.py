@@ -103,18 +103,30 @@ def record_part(folder, from_epoch):
     return part
 
 
-def read_parts(folder):
-    """Commit, dirty flag and first epoch of each recorded part of the run in ``folder``."""
-    path = os.path.join(folder, PARTS)
+def read_jsonl(path, cut_lines_ok=True):
+    """The records of a JSON-lines file ([] if absent). An append-only log written during long
+    runs (``cut_lines_ok``) skips a line cut by a kill, so a finished run never loses its result
+    to it; a hand-written file names its first bad line instead."""
+    from recbole_llm_mtl.errors import LLMMTLError
+
     if not os.path.isfile(path):
         return []
-    parts = []
+    records = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:  # a line cut by a kill is skipped: it must not cost a finished run its result
-                parts.append(json.loads(line))
-            except json.JSONDecodeError:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
                 continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if not cut_lines_ok:
+                    raise LLMMTLError(f"{path}, line {number}: not a JSON record ({e.msg})") from None
+    return records
+
+
+def read_parts(folder):
+    """Commit, dirty flag and first epoch of each recorded part of the run in ``folder``."""
+    parts = read_jsonl(os.path.join(folder, PARTS))
     return [{k: p.get(k) for k in ("commit", "dirty", "from_epoch")} for p in parts]
 
 

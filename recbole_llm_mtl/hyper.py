@@ -274,6 +274,10 @@ def _search_trials(base, fixed):
     from recbole_llm_mtl.provenance import read_jsonl
 
     logged = read_jsonl(base + ".logged.jsonl", cut_lines_ok=False)  # written by hand: a bad line is named
+    for number, t in enumerate(logged, 1):
+        if not isinstance(t.get("params"), dict) or not isinstance(t.get("best_valid_score"), (int, float)):
+            raise LLMMTLError(f"{base}.logged.jsonl, record {number}: needs 'params' (a dict) and "
+                              f"'best_valid_score' (a number)")
     recorded = list(_load_trials(base + ".trials.jsonl").values())
     same = [t for t in recorded if _same_search(t.get("fixed"), fixed)]
     return logged + same, len(recorded) - len(same)

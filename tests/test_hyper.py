@@ -171,6 +171,22 @@ def test_edge_rule_runs_its_steps_and_resumes(tiny_root, cache_dir, workdir, mon
     assert main(["--model=LLMMTL", "--dataset=amazon", f"--output_dir={workdir / 'none'}", "--edge=hidden_size"]) == 2
 
 
+@pytest.mark.parametrize("line, message", [
+    ('{"params": {"learning_rate": 0.001}, "best_valid_score": 0.06\n', "line 2: not a JSON record"),
+    ('{"params": {"learning_rate": 0.001}}\n', "record 2: needs 'params' \\(a dict\\) and 'best_valid_score'"),
+])
+def test_a_bad_logged_point_is_named(workdir, line, message):
+    """Logged points are written by hand: a bad line is an error naming the file and the line,
+    before anything trains or any report is written."""
+    out = workdir / "hyper"
+    out.mkdir()
+    logged = out / "BPR-amazon.logged.jsonl"
+    logged.write_text('{"params": {"learning_rate": 0.002}, "best_valid_score": 0.05}\n' + line)
+    with pytest.raises(LLMMTLError, match=message) as e:
+        tune_edge("BPR", "amazon", output_dir=str(out))
+    assert str(logged) in str(e.value) and os.listdir(out) == ["BPR-amazon.logged.jsonl"]
+
+
 def test_shipped_spaces_parse():
     """Every shipped space builds; an all-choice one builds for exhaustive search (RecBole's
     own reader fails there on dict options such as task_weights) with the full grid size."""

@@ -234,9 +234,16 @@ def edge_steps(trials, size_key=None, lr_key="learning_rate"):
     Returns the params of those neighbours, [] once the best has a tried neighbour on every side.
     ``trials``: records with ``params`` and ``best_valid_score``, in the order they were made (a
     tie keeps the earlier: a step must beat the best to move it). ``size_key=None``: a
-    learning-rate look. Trials without one of the keys are left out.
+    learning-rate look. Trials without one of the keys are left out; a key that no trial has is
+    an error (a misspelt key would otherwise read as a closed search).
     """
+    if size_key == lr_key:
+        raise LLMMTLError(f"edge rule: {lr_key!r} given as both the learning rate and the size key")
     keys = [k for k in (lr_key, size_key) if k]
+    searched = sorted({k for t in trials for k in t["params"]})
+    for key in keys:  # a key no trial varied is a typo, not a closed search
+        if trials and key not in searched:
+            raise LLMMTLError(f"edge rule: no trial of this search has {key!r} (searched: {', '.join(searched)})")
     trials = [t for t in trials if all(k in t["params"] for k in keys)]
     if not trials:
         return []

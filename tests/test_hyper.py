@@ -130,6 +130,13 @@ def test_edge_steps_on_the_committed_searches():
     assert edge_steps([], "hidden_size") == []
     with pytest.raises(LLMMTLError, match="cannot be halved"):
         edge_steps([{"params": {"learning_rate": 0.0}, "best_valid_score": 0.1}])
+    # a key the search never varied is a mistake (a typo, the rate twice), not a closed search
+    with pytest.raises(LLMMTLError, match="'embedding_size'.*searched: hidden_size, learning_rate"):
+        edge_steps(sasrec, "embedding_size")
+    with pytest.raises(LLMMTLError, match="learning_rate.*both"):
+        edge_steps(sasrec, "learning_rate")
+    with pytest.raises(LLMMTLError, match="'lr'"):
+        edge_steps(sasrec, "hidden_size", lr_key="lr")
 
 
 def test_edge_rule_runs_its_steps_and_resumes(tiny_root, cache_dir, workdir, monkeypatch):

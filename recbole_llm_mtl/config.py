@@ -157,12 +157,19 @@ class LLMConfig(Config):
     def _set_default_parameters(self):
         # RecBole's own checks, which follow, raise bare ValueError/NotImplementedError (or
         # AttributeError on a non-string valid_metric): check the merged values first
-        validate_config(self.final_config_dict, self.model)
-        data_path = self.final_config_dict.get("data_path")
-        if data_path is None:
+        cfg = self.final_config_dict
+        if "data_path" not in self.external_config_dict:  # RecBole's own default, 'dataset/', is relative
             # default: ./dataset/<name> when present, else the datasets shipped with us
             local = os.path.join("dataset", self.dataset)
-            self.final_config_dict["data_path"] = "dataset" if os.path.isdir(local) else DATASET_DIR
+            cfg["data_path"] = "dataset" if os.path.isdir(local) else DATASET_DIR
+        elif not isinstance(cfg["data_path"], str):
+            raise ConfigError(f"data_path {cfg['data_path']!r} is not allowed: expected the folder that holds "
+                              f"'{self.dataset}/'")
+        # before the values: a misspelt dataset would otherwise surface as a missing dataset-YAML key.
+        # (RecBole reads its own copy of ml-100k, whatever data_path says.)
+        if self.dataset != "ml-100k":
+            _check_dataset_folder(os.path.join(cfg["data_path"], self.dataset), self.dataset)
+        validate_config(cfg, self.model)
         super()._set_default_parameters()
 
 
@@ -192,12 +199,23 @@ def yaml_files(model_name, dataset):
     return [f for f in files if os.path.isfile(f)]
 
 
+def _check_dataset_folder(folder, name):
+    """A missing dataset folder is one error naming it, with the closest dataset beside it."""
+    if os.path.isdir(folder):
+        return
+    parent = os.path.dirname(folder) or "."
+    found = sorted(d for d in os.listdir(parent) if os.path.isfile(os.path.join(parent, d, f"{d}.inter"))) \
+        if os.path.isdir(parent) else []
+    close = difflib.get_close_matches(name, found, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else (f" (datasets there: {', '.join(found)})" if found else "")
+    raise ConfigError(f"dataset folder '{folder}' not found. Put {name}.inter (and {name}.item) "
+                      f"there, or set data_path to the folder that contains '{name}/'{hint}")
+
+
 def check_dataset(config):
     """Fail early, with the path, when the dataset files are missing."""
     path, name = config["data_path"], config["dataset"]
-    if not os.path.isdir(path):
-        raise ConfigError(f"dataset folder '{path}' not found. Put {name}.inter (and {name}.item) "
-                          f"there, or set data_path to the folder that contains '{name}/'")
+    _check_dataset_folder(path, name)
     inter = os.path.join(path, f"{name}.inter")
     if not os.path.isfile(inter) and not config["benchmark_filename"]:
         raise ConfigError(f"'{inter}' not found: a RecBole dataset needs <name>.inter "

@@ -94,6 +94,21 @@ def test_cli_errors_are_one_clear_line(tiny_root, workdir):
     proc = _cli(["--model=SASRec", "--dataset=nowhere"], workdir)
     assert proc.returncode == 2 and "dataset folder" in proc.stderr and "nowhere" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # LLMMTL too, before its dataset-YAML keys (item_text_fields) are checked; a typo gets a hint
+    proc = _cli(["--model=LLMMTL", "--dataset=amazn"], workdir)
+    assert proc.returncode == 2 and "dataset folder" in proc.stderr and "amazn" in proc.stderr
+    assert "did you mean 'amazon'" in proc.stderr and "item_text_fields" not in proc.stderr
+
+
+def test_shipped_datasets_are_found_from_any_folder(workdir):
+    """Without data_path, a dataset not under ./dataset is read from the shipped ones (RecBole's own
+    default, 'dataset/', is relative to where the command runs); a data_path given is kept."""
+    assert build_config("SASRec", "amazon")["data_path"] == os.path.join(ROOT, "dataset", "amazon")
+    (workdir / "dataset" / "amazon").mkdir(parents=True)
+    assert build_config("SASRec", "amazon", config_dict={"data_path": os.path.join(ROOT, "dataset")})["data_path"] \
+        == os.path.join(ROOT, "dataset", "amazon")
+    with pytest.raises(ConfigError, match="data_path 5 is not allowed"):
+        build_config("SASRec", "amazon", config_dict={"data_path": 5})
 
 
 def test_missing_item_file_and_text_field(tiny_root, cache_dir, tmp_path):

@@ -204,8 +204,11 @@ def _check_dataset_folder(folder, name):
     if os.path.isdir(folder):
         return
     parent = os.path.dirname(folder) or "."
-    found = sorted(d for d in os.listdir(parent) if os.path.isfile(os.path.join(parent, d, f"{d}.inter"))) \
-        if os.path.isdir(parent) else []
+    try:
+        entries = os.listdir(parent) if os.path.isdir(parent) else []
+    except OSError:  # an unreadable parent costs only the hint, never the error itself
+        entries = []
+    found = sorted(d for d in entries if os.path.isfile(os.path.join(parent, d, f"{d}.inter")))
     close = difflib.get_close_matches(name, found, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else (f" (datasets there: {', '.join(found)})" if found else "")
     raise ConfigError(f"dataset folder '{folder}' not found. Put {name}.inter (and {name}.item) "

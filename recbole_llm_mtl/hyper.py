@@ -24,8 +24,13 @@ import os
 import shlex
 import sys
 
+from recbole.trainer import HyperTuning
+
+from recbole_llm_mtl.config import get_model_class
 from recbole_llm_mtl.errors import LLMMTLError
+from recbole_llm_mtl.provenance import file_sha1, parts_commits, read_jsonl, read_parts, record_part
 from recbole_llm_mtl.quick_start import parse_with_overrides, run
+from recbole_llm_mtl.trainer import kept_epoch, latest_resume_file, load_checkpoint
 
 ALGOS = ("exhaustive", "random", "bayes")
 SPACE_ARITY = {"uniform": 2, "quniform": 3, "loguniform": 2}  # numbers after the type; choice: a list
@@ -106,23 +111,17 @@ def _trial_key(params, fixed=None):
 def _file_hash(path):
     if not os.path.isfile(path):
         raise LLMMTLError(f"config file '{path}' not found")
-    from recbole_llm_mtl.provenance import file_sha1
-
     return file_sha1(path)
 
 
 def _load_trials(path):
     """Finished trials of an earlier (killed) search: params key -> record."""
-    from recbole_llm_mtl.provenance import read_jsonl
-
     # a line cut by a kill is skipped: that trial runs again
     return {_trial_key(r["params"], r.get("fixed")): r for r in read_jsonl(path)}
 
 
 def _search_fixed(model, overrides=None, config_files=None):
     """What a search fixes for all its trials; part of each trial's identity."""
-    from recbole_llm_mtl.config import get_model_class
-
     fixed = dict(overrides or {})
     version = getattr(get_model_class(model), "RESULTS_VERSION", None)
     if version not in (None, 1):  # trials (and their checkpoints) of older model code are not reused
@@ -141,11 +140,6 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     and is not run again, and each trial checkpoints into its own folder, so a killed trial
     continues from its last finished epoch.
     """
-    from recbole.trainer import HyperTuning
-
-    from recbole_llm_mtl.provenance import read_parts, record_part
-    from recbole_llm_mtl.trainer import latest_resume_file, load_checkpoint
-
     if not os.path.isfile(params_file):
         raise LLMMTLError(f"params_file '{params_file}' not found (see properties/hyper/ for examples)")
     if algo not in ALGOS:
@@ -278,8 +272,6 @@ def _search_trials(base, fixed):
     ``<base>.logged.jsonl`` holds (trials whose records were lost, with the figures a log wrote;
     they count as tried and may be the best), then every recorded trial made under the same
     fixed settings, in order."""
-    from recbole_llm_mtl.provenance import read_jsonl
-
     logged = read_jsonl(base + ".logged.jsonl", cut_lines_ok=False)  # written by hand: a bad line is named
     for number, t in enumerate(logged, 1):
         if not isinstance(t.get("params"), dict) or not isinstance(t.get("best_valid_score"), (int, float)):
@@ -341,8 +333,6 @@ def rerun_command(model, dataset, params, overrides=None, config_files=None):
 def _trial_commits(trial):
     """The commits a trial trained at (``parts_commits``); ``-`` for trials recorded before
     commits were; a logged point (its record lost) says so."""
-    from recbole_llm_mtl.provenance import parts_commits
-
     if trial.get("logged"):
         return f"logged, record lost ({trial['logged']})"
     return parts_commits(trial.get("parts") or ([trial["provenance"]] if trial.get("provenance") else []))
@@ -352,8 +342,6 @@ def _trial_epoch(trial):
     """The epoch early stopping kept (RecBole's rule: a tie replaces the best), recomputed from
     the trial's history; trials recorded without one (before `b8279dc` the first maximum) keep
     what they recorded."""
-    from recbole_llm_mtl.trainer import kept_epoch
-
     if trial.get("history"):
         return kept_epoch(trial["history"], trial.get("valid_score_bigger", True))
     return trial.get("best_epoch")

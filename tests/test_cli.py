@@ -111,6 +111,16 @@ def test_shipped_datasets_are_found_from_any_folder(workdir):
         build_config("SASRec", "amazon", config_dict={"data_path": 5})
 
 
+def test_missing_dataset_under_an_unreadable_folder(monkeypatch, tmp_path):
+    """The folder that should hold the dataset cannot be listed (permissions; root here ignores
+    chmod, so listing fails as the OS would): still the one error naming the dataset folder."""
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(os, "listdir", unreadable)
+    with pytest.raises(ConfigError, match="dataset folder .*nowhere' not found"):
+        build_config("SASRec", "nowhere", config_dict={"data_path": str(tmp_path)})
+
+
 def test_missing_item_file_and_text_field(tiny_root, cache_dir, tmp_path):
     root = tmp_path / "data"
     (root / "amazon").mkdir(parents=True)

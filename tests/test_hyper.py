@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT, tiny_overrides
 from recbole_llm_mtl import hyper
+from recbole_llm_mtl.config import build_config
 from recbole_llm_mtl.errors import LLMMTLError
 from recbole_llm_mtl.hyper import edge_steps, main, read_space, rerun_command, tune, tune_edge, write_report
 from recbole_llm_mtl.quick_start import parse_args
@@ -243,3 +244,20 @@ def test_space_file_encoding(workdir):
     path.write_bytes(b"hidden_size choice [64]  # caf\xe9\n")
     with pytest.raises(LLMMTLError, match="not UTF-8 text"):
         read_space(str(path))
+
+
+# each tuned baseline's search records, as committed; its <model>-amazon.yaml must hold their best
+TUNED_SEARCHES = {"LightGCN": ["LightGCN-amazon-p10.trials"], "BPR": ["BPR-amazon.trials"],
+                  "GRU4Rec": ["GRU4Rec-amazon.trials"],
+                  "SASRec": ["SASRec-amazon.trials", "SASRec-amazon-dropout.trials"]}
+
+
+@pytest.mark.parametrize("model", sorted(TUNED_SEARCHES))
+def test_tuned_yaml_holds_its_search_best(model):
+    """The config a row trains with is its search's best point by valid (ties keep the earlier
+    record), through every YAML a run reads: a search that moves without its YAML, or a YAML
+    edited by hand, fails here."""
+    trials = [t for name in TUNED_SEARCHES[model] for t in _committed_trials(name, None)]
+    best = max(trials, key=lambda t: t["best_valid_score"])  # max keeps the first of equals
+    config = build_config(model, "amazon")
+    assert {k: config[k] for k in best["params"]} == best["params"]

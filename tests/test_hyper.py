@@ -249,7 +249,7 @@ def test_space_file_encoding(workdir):
 # each tuned baseline's search records, as committed; its <model>-amazon.yaml must hold their best
 TUNED_SEARCHES = {"LightGCN": ["LightGCN-amazon-p10.trials"], "BPR": ["BPR-amazon.trials"],
                   "GRU4Rec": ["GRU4Rec-amazon.trials"],
-                  "SASRec": ["SASRec-amazon.trials", "SASRec-amazon-dropout.trials"]}
+                  "SASRec": ["SASRec-amazon.trials", "SASRec-amazon-dropout.trials", "SASRec-amazon-edge.trials"]}
 
 
 @pytest.mark.parametrize("model", sorted(TUNED_SEARCHES))

@@ -158,3 +158,45 @@ def test_broken_gz_is_one_line_exit_2(tmp_path, capsys, fault):
     assert e.value.code == 2 and line.startswith(f"error: {path}") and "\n" not in line and "Traceback" not in err
     assert ("truncated" if fault == "truncated" else "not a valid gzip file") in line
     assert not (tmp_path / "o").exists() or not os.listdir(tmp_path / "o")
+
+
+def _reviews_2018(path, rows):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"reviewerID": u, "asin": i, "overall": 4.0, "unixReviewTime": t,
+                                    "reviewText": f"text of {i} by {u}"}) + "\n" for i, u, t in rows))
+
+
+def test_a_reconversion_replaces_the_dataset_whole_or_not_at_all(tmp_path, capsys):
+    """A re-conversion that failed in its review pass had already replaced .inter and .item; one
+    without --reviews kept the earlier .review (other data, which LLMMTL reads); one that kept
+    no rows wrote header-only files and exited 0; --out a file or --name a path were tracebacks."""
+    rows = [(f"I{k}", f"U{u}", 1400000000 + 10 * u + k) for u in range(3) for k in range(4)]
+    _ratings(tmp_path / "r.csv", rows)
+    _ratings(tmp_path / "fewer.csv", rows[:-1])
+    # reviews are read in a second pass, after the interactions: many lines, so that a cut
+    # file ends inside its compressed stream
+    _reviews_2018(tmp_path / "rev.json.gz", rows + [(f"J{k}", "V", 1400000000 + k) for k in range(3000)])
+    broken = tmp_path / "broken.json.gz"
+    broken.write_bytes((tmp_path / "rev.json.gz").read_bytes()[:-300])
+    out = tmp_path / "o"
+    base = ["--release", "2018", "--out", str(out), "--name", "z"]
+    main(base + ["--ratings", str(tmp_path / "r.csv"), "--reviews", str(tmp_path / "rev.json.gz")])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"z.inter", "z.item", "z.review"} and _rows(out / "z.review")
+
+    fewer = ["--ratings", str(tmp_path / "fewer.csv"), "--overwrite"]
+    for bad, message in ((fewer + ["--reviews", str(broken)], "ends before the end of its gzip stream"),
+                         (fewer + ["--k_core", "1000"], "no interactions are left"),
+                         (fewer + ["--min_rating", "nan"], "no interactions are left"),
+                         (fewer + ["--out", str(tmp_path / "r.csv")], "is a file"),
+                         (fewer + ["--name", "sub/z"], "without '/'")):
+        with pytest.raises(SystemExit) as e:
+            main(base + bad)
+        err = capsys.readouterr().err
+        line = err[err.index("error: "):]  # after any progress bar
+        assert e.value.code == 2 and message in line and "\n" not in line.strip() and "Traceback" not in err, bad
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before, bad  # nothing replaced, no temp file
+
+    main(base + ["--ratings", str(tmp_path / "fewer.csv"), "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == ["z.inter", "z.item"]  # the other data's reviews are gone
+    assert len(_rows(out / "z.inter")) == len(rows) - 1

@@ -37,14 +37,13 @@ import math
 import os
 import re
 import sys
-import tempfile
 import zlib
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 
 from tqdm import tqdm
 
-from recbole_llm_mtl.data.atomic import write_atomic_files
+from recbole_llm_mtl.data.atomic import dataset_files, output_folder, render
 from recbole_llm_mtl.errors import DataError, report
 
 _TAG = re.compile(r"<[^>]+>")
@@ -195,29 +194,20 @@ def read_interactions(args, stats):
     return rows
 
 
-def write_reviews(path, out_path, allowed, split_time, stats, count_bad_lines):
+def write_reviews(path, f, allowed, split_time, stats, count_bad_lines):
     """Second streaming pass over the reviews: write the texts of train interactions only
-    (``allowed`` (user, item) pairs, written before the user's split time) through a temp
-    file renamed into place. Returns the number written."""
-    folder = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    (``allowed`` (user, item) pairs, written before the user's split time) to the text file
+    ``f``. Returns the number written."""
     written = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write("user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq\n")
-            for user, item, ts, _, text in _reviews(path, stats if count_bad_lines else Counter()):
-                if (user, item) not in allowed or ts >= split_time.get(user, float("inf")):
-                    if user in split_time:
-                        stats["held-out reviews not written"] += 1
-                    continue
-                if text:
-                    f.write(f"{user}\t{item}\t{_num(ts)}\t{text}\n")
-                    written += 1
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    f.write("user_id:token\titem_id:token\ttimestamp:float\ttext:token_seq\n")
+    for user, item, ts, _, text in _reviews(path, stats if count_bad_lines else Counter()):
+        if (user, item) not in allowed or ts >= split_time.get(user, float("inf")):
+            if user in split_time:
+                stats["held-out reviews not written"] += 1
+            continue
+        if text:
+            f.write(f"{user}\t{item}\t{_num(ts)}\t{text}\n")
+            written += 1
     return written
 
 
@@ -272,6 +262,7 @@ def convert(args):
     existing = [p for p in out_files if os.path.exists(p)]
     if existing and not args.overwrite:
         raise DataError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+    output_folder(args.out, args.name)  # before the long read: --out a file, --name a path
     rows = read_interactions(args, stats)
     if args.min_rating is not None:
         before = len(rows)
@@ -285,6 +276,9 @@ def convert(args):
     meta = read_meta(args.meta, stats) if args.meta else {}
     items = sorted({r[1] for r in rows})
     stats["items without metadata"] += sum(1 for i in items if i not in meta)
+    if not rows:
+        raise DataError("no interactions are left after --min_rating/--k_core (" + ", ".join(
+            f"{k}: {v:,}" for k, v in stats.items()) + "): nothing is written; lower --k_core or --min_rating")
 
     # leave-one-out: a user's last two interactions are valid/test; no review text at or
     # after the user's valid interaction is ever written
@@ -296,17 +290,19 @@ def convert(args):
     held = {(r[0], r[1]) for ur in by_user.values() for r in ur[-2:]}
     allowed -= held  # an item bought again as a held-out item keeps no review either
 
-    write_atomic_files(args.out, args.name, overwrite=True, **{
-        "inter": (["user_id:token", "item_id:token", "rating:float", "timestamp:float"],
-                  [(u, i, _num(rt), _num(t)) for u, i, rt, t in rows]),
-        "item": (["item_id:token", "title:token_seq", "brand:token", "categories:token_seq",
-                  "description:token_seq", "price:float"],
-                 [(i,) + tuple(meta.get(i, {}).get(f, "") for f in ("title", "brand", "categories", "description", "price"))
-                  for i in items]),
-    })
-    # bad review lines were counted in the first pass when the reviews were the interactions
-    count_bad = bool(args.splits or args.ratings)
-    reviews = write_reviews(args.reviews, out_files[2], allowed, split_time, stats, count_bad) if args.reviews else 0
+    # one dataset: all files replace the old ones together, or none does; without --reviews an
+    # earlier conversion's <name>.review (other data) is removed, since LLMMTL would read it
+    suffixes = ("inter", "item", "review") if args.reviews else ("inter", "item")
+    with dataset_files(args.out, args.name, suffixes, overwrite=True, drop=() if args.reviews else ("review",)) as out:
+        out["inter"].write(render(["user_id:token", "item_id:token", "rating:float", "timestamp:float"],
+                                  [(u, i, _num(rt), _num(t)) for u, i, rt, t in rows]))
+        out["item"].write(render(["item_id:token", "title:token_seq", "brand:token", "categories:token_seq",
+                                  "description:token_seq", "price:float"],
+                                 [(i,) + tuple(meta.get(i, {}).get(f, "") for f in ("title", "brand", "categories", "description", "price"))
+                                  for i in items]))
+        # bad review lines were counted in the first pass when the reviews were the interactions
+        count_bad = bool(args.splits or args.ratings)
+        reviews = write_reviews(args.reviews, out["review"], allowed, split_time, stats, count_bad) if args.reviews else 0
     summary = {"users": len(by_user), "items": len(items), "interactions": len(rows), "reviews": reviews}
     summary.update(stats)
     return summary

@@ -1,30 +1,17 @@
-"""Writing RecBole atomic files safely: nothing existing is replaced unless asked, and
-a killed writer never leaves a half-written file under the final name."""
+"""Writing RecBole atomic files safely: nothing existing is replaced unless asked, a killed
+writer never leaves a half-written file under the final name, and the files of one dataset
+are replaced together: a run that fails part-way replaces none of them."""
 
 import os
 import tempfile
+from contextlib import ExitStack, contextmanager
 
 from recbole_llm_mtl.errors import DataError
 
-__all__ = ["DataError", "atomic_write_text", "write_atomic_files", "write_user_slice"]
+__all__ = ["DataError", "dataset_files", "output_folder", "render", "write_atomic_files", "write_user_slice"]
 
 
-def atomic_write_text(path, text):
-    """Write ``text`` to ``path`` through a temp file in the same folder + rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; atomic files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _render(header, rows):
+def render(header, rows):
     lines = ["\t".join(header)]
     for row in rows:
         if any("\t" in v or "\n" in v for v in row):
@@ -33,17 +20,59 @@ def _render(header, rows):
     return "\n".join(lines) + "\n"
 
 
-def write_atomic_files(out, name, overwrite=False, **files):
-    """Write ``<out>/<name>.<suffix>`` for each ``suffix=(header, rows)`` given."""
-    os.makedirs(out, exist_ok=True)
-    targets = {suffix: os.path.join(out, f"{name}.{suffix}") for suffix in files}
-    existing = [p for p in targets.values() if os.path.exists(p)]
+def output_folder(out, name):
+    """Create ``out``; a clear error when it is a file or ``name`` is not a plain file prefix."""
+    if not name or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
+        raise DataError(f"dataset name {name!r} is not allowed: give a file prefix without '/' "
+                        "(the files are written as <out>/<name>.inter, ...)")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"output folder '{out}' is a file: give a folder for --out")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the output folder '{out}': {e.strerror or e}") from None
+
+
+@contextmanager
+def dataset_files(out, name, suffixes, overwrite=False, drop=()):
+    """Open ``<out>/<name>.<suffix>`` for writing, for every suffix, as temp files in ``out``;
+    they are renamed into place together when the block ends without an error (and existing
+    ``<name>.<suffix>`` files for the suffixes in ``drop``, left by an earlier run, are then
+    removed), and removed otherwise, so a failed run replaces nothing. Yields
+    ``{suffix: text file}``; refuses existing targets unless ``overwrite``."""
+    output_folder(out, name)
+    targets = {suffix: os.path.join(out, f"{name}.{suffix}") for suffix in suffixes}
+    stale = [os.path.join(out, f"{name}.{suffix}") for suffix in drop]
+    existing = [p for p in list(targets.values()) + stale if os.path.exists(p)]
     if existing and not overwrite:
         raise DataError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
-    rendered = {suffix: _render(*spec) for suffix, spec in files.items()}
-    for suffix, text in rendered.items():
-        atomic_write_text(targets[suffix], text)
-    return targets
+    temps = {}
+    try:
+        with ExitStack() as stack:
+            handles = {}
+            for suffix in suffixes:
+                fd, temps[suffix] = tempfile.mkstemp(prefix=".tmp-", dir=out)
+                handles[suffix] = stack.enter_context(os.fdopen(fd, "w", encoding="utf-8", newline="\n"))
+            yield handles
+        for suffix, tmp in temps.items():
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; atomic files are meant to be shared
+            os.replace(tmp, targets[suffix])
+        for path in stale:
+            if os.path.exists(path):
+                os.unlink(path)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def write_atomic_files(out, name, overwrite=False, **files):
+    """Write ``<out>/<name>.<suffix>`` for each ``suffix=(header, rows)`` given, all or none."""
+    rendered = {suffix: render(*spec) for suffix, spec in files.items()}
+    with dataset_files(out, name, list(files), overwrite=overwrite) as handles:
+        for suffix, text in rendered.items():
+            handles[suffix].write(text)
+    return {suffix: os.path.join(out, f"{name}.{suffix}") for suffix in files}
 
 
 def write_user_slice(src_dir, out_dir, n_users, name=None, overwrite=False):
@@ -73,16 +102,12 @@ def write_user_slice(src_dir, out_dir, n_users, name=None, overwrite=False):
     users = set(list(dict.fromkeys(r[u] for r in tables["inter"][1]))[:n_users])  # in file order
     inter = [r for r in tables["inter"][1] if r[u] in users]
     keep = {"user_id": users, "item_id": {r[i] for r in inter}}
-    targets = {suffix: os.path.join(out_dir, f"{name}.{suffix}") for suffix in tables}
-    existing = [path for path in targets.values() if os.path.exists(path)]
-    if existing and not overwrite:
-        raise DataError(f"{', '.join(existing)} already exist(s); pass overwrite=True to replace")
-    os.makedirs(out_dir, exist_ok=True)
-    for suffix, (header, rows) in tables.items():
-        if suffix == "inter":
-            rows = inter
-        else:
-            by = next(((column(suffix, f), ids) for f, ids in keep.items() if column(suffix, f) is not None), None)
-            rows = rows if by is None else [r for r in rows if r[by[0]] in by[1]]
-        atomic_write_text(targets[suffix], "\n".join([header] + ["\t".join(r) for r in rows]) + "\n")
+    with dataset_files(out_dir, name, list(tables), overwrite=overwrite) as out:
+        for suffix, (header, rows) in tables.items():
+            if suffix == "inter":
+                rows = inter
+            else:
+                by = next(((column(suffix, f), ids) for f, ids in keep.items() if column(suffix, f) is not None), None)
+                rows = rows if by is None else [r for r in rows if r[by[0]] in by[1]]
+            out[suffix].write("\n".join([header] + ["\t".join(r) for r in rows]) + "\n")
     return len(inter)

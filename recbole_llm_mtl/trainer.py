@@ -53,13 +53,18 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
     """Load a checkpoint written by this project; anything else is refused clearly.
     ``mmap=True`` maps the tensors instead of reading them, for callers that want only the
     metadata (a fine-tuned language model's weights can be gigabytes)."""
+    if path and os.path.isdir(path):
+        raise ConfigError(f"checkpoint '{path}' is a folder: give a .pth file in it")
     if not path or not os.path.isfile(path):
         raise ConfigError(f"checkpoint '{path}' not found (checkpoints are in saved/ by default)")
+    if os.path.getsize(path) == 0:  # what a full disk or a killed copy leaves
+        raise ConfigError(f"checkpoint '{path}' is empty (0 bytes): it was not written completely")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as e:  # torch raises many types for foreign/corrupt files
+    except Exception as e:  # torch raises many types for foreign/corrupt files, some without a message
+        first_line = (str(e).splitlines() or [""])[0][:200]
         raise ConfigError(f"checkpoint '{path}' is not a recbole-llm-mtl checkpoint or is corrupt "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+                          f"({type(e).__name__}: {first_line})") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"checkpoint '{path}' was not written by recbole-llm-mtl "
                           f"(format {state.get('format') if isinstance(state, dict) else None!r})")

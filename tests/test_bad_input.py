@@ -80,6 +80,12 @@ def test_foreign_or_missing_checkpoint(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="not a recbole-llm-mtl checkpoint or is corrupt"):
         load_checkpoint(str(tmp_path / "junk.pth"))
+    # an empty file (a full disk) was an IndexError inside this very check; a folder was "not found"
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"empty.pth' is empty \(0 bytes\)"):
+        load_checkpoint(str(tmp_path / "empty.pth"))
+    with pytest.raises(ConfigError, match="is a folder: give a .pth file in it"):
+        load_checkpoint(str(tmp_path))
 
 
 def test_unwritable_cache_dir_still_trains(tiny_root, tmp_path, caplog):

@@ -181,6 +181,11 @@ def read_yaml(path, loader=yaml.SafeLoader):
             data = yaml.load(f.read(), Loader=loader)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder: give the YAML files in it") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (bytes {e.object[e.start:e.start + 4]!r} at "
+                          f"byte {e.start}); re-save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"YAML syntax error in {path}: {e}") from e
     if data is None:

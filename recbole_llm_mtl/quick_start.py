@@ -173,7 +173,7 @@ def parse_with_overrides(parser, argv):
 
 def main(argv=None):
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    files = args.config_files.strip().split(" ") if args.config_files else None
+    files = args.config_files.split() if args.config_files else None
     try:
         if args.nproc > 1 or args.world_size > 1:
             from recbole_llm_mtl.distributed import run_distributed

@@ -170,3 +170,9 @@ def test_yaml_typo_is_reported(tmp_path, tiny_root):
     bad.write_text("learning_rate: [0.001\n")
     with pytest.raises(ConfigError, match="YAML syntax error"):
         build_config("SASRec", "amazon", [str(bad)], config_dict={"data_path": tiny_root})
+    # a folder, or bytes that are not UTF-8, were IsADirectoryError / UnicodeDecodeError tracebacks
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("learning_rate: 0.001 # r\xe9glage\n".encode("latin-1"))
+    for path, message in ((tmp_path, "is a folder"), (latin, r"is not UTF-8 text \(bytes b'\\xe9")):
+        with pytest.raises(ConfigError, match=message):
+            build_config("SASRec", "amazon", [str(path)], config_dict={"data_path": tiny_root})

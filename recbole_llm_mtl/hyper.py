@@ -18,6 +18,7 @@ untried neighbour along the learning rate or that size, the neighbour is tried.
 import argparse
 import ast
 import csv
+import difflib
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import sys
 
 from recbole.trainer import HyperTuning
 
-from recbole_llm_mtl.config import get_model_class
+from recbole_llm_mtl.config import get_model_class, known_config_keys, warn_unknown_keys
 from recbole_llm_mtl.errors import LLMMTLError
 from recbole_llm_mtl.provenance import file_sha1, parts_commits, read_jsonl, read_parts, record_part
 from recbole_llm_mtl.quick_start import parse_with_overrides, run
@@ -48,6 +49,7 @@ def read_space(path):
     or a name defined twice, is named with its file and line.
     """
     params, options, seen = {}, {}, {}
+    known = known_config_keys()
     try:
         with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: an editor's BOM is not part of a name
             lines = f.read().splitlines()
@@ -65,6 +67,10 @@ def read_space(path):
         if name in seen:
             raise LLMMTLError(f"{where}: '{name}' is already defined on line {seen[name]}")
         seen[name] = number
+        if name not in known:  # a search over a key nothing reads runs the same trial again and again
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            raise LLMMTLError(f"{where}: '{name}' is not a RecBole/LLMMTL config key"
+                              + (f"; did you mean '{close[0]}'?" if close else ""))
         if kind == "choice":
             try:
                 values = ast.literal_eval(text)
@@ -151,6 +157,11 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     fixed = _search_fixed(model, overrides, config_files)
 
     space, decode = read_space(params_file)
+    if algo == "exhaustive" and set(space) != {"choice"}:  # hyperopt would draw one point and stop
+        ranged = sorted(name for kind, names in space.items() if kind != "choice" for name in names)
+        raise LLMMTLError(f"{params_file}: --algo=exhaustive enumerates choice lists only (it would run one "
+                          f"trial), but these take a range: {', '.join(ranged)}; use --algo=random or "
+                          "--algo=bayes with --max_evals")
 
     def objective(params, fixed_files):
         params = decode(params)
@@ -409,6 +420,7 @@ def main(argv=None):
     if not args.params_file and args.edge is None:
         parser.error("--params_file is required (or --edge, to follow the edge rule from recorded trials)")
     files = args.config_files.split() if args.config_files else None
+    warn_unknown_keys(overrides, "the command line")
     try:
         if args.params_file:
             tune(args.model, args.dataset, args.params_file, args.algo, args.max_evals, args.early_stop, files,

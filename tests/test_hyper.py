@@ -228,6 +228,9 @@ def test_shipped_spaces_parse():
     ("learning_rate uniform 0.1\n", "uniform 'learning_rate' needs 2 comma-separated numbers"),
     ("learning_rate normal 0,1\n", "unknown type 'normal'"),
     ("hidden_size uniform 0,1\n", "line 2: 'hidden_size' is already defined on line 1"),
+    # every trial was the same run (the key reached no model), and a "best" was reported
+    ("learnig_rate choice [0.0001,0.1]\n", "line 2: 'learnig_rate' is not a RecBole/LLMMTL config key; "
+                                           "did you mean 'learning_rate'"),
 ])
 def test_bad_space_lines_are_named(workdir, text, message):
     path = workdir / "bad.hyper"
@@ -235,6 +238,16 @@ def test_bad_space_lines_are_named(workdir, text, message):
     with pytest.raises(LLMMTLError, match=message) as e:
         read_space(str(path))
     assert str(path) in str(e.value)
+
+
+def test_exhaustive_search_over_a_range_is_refused(tiny_root, cache_dir, workdir):
+    """hyperopt's exhaustive search drew a single point of a range and reported it as the best."""
+    path = workdir / "range.hyper"
+    path.write_text("learning_rate loguniform -8,-2\nhidden_size choice [16,32]\n")
+    with pytest.raises(LLMMTLError, match="exhaustive enumerates choice lists only .* take a range: learning_rate;"):
+        tune("SASRec", "amazon", str(path), "exhaustive", overrides=tiny_overrides(tiny_root, cache_dir),
+             output_dir=str(workdir / "out"))
+    assert not os.path.exists(workdir / "out" / "SASRec-amazon.trials.jsonl")
 
 
 def test_space_file_encoding(workdir):

@@ -15,7 +15,7 @@ from recbole.utils import ModelType, init_seed
 
 from recbole_llm_mtl.config import build_config, get_model_class
 from recbole_llm_mtl.data.dataset import recbole_dataset_class, with_atomic_reader, with_cold_items
-from recbole_llm_mtl.errors import ConfigError
+from recbole_llm_mtl.errors import ConfigError, DataError
 
 Built = namedtuple("Built", "config dataset train valid test model")
 
@@ -50,10 +50,25 @@ def build(config, log=None, serving=False):
     model_class = get_model_class(config["model"])
     init_seed(config["seed"], config["reproducibility"])
     with recbole_warnings_filtered():
-        dataset = load_dataset(config, model_class)
+        try:
+            dataset = load_dataset(config, model_class)
+        except ValueError as e:  # the files were checked: RecBole's filters left nothing
+            if "feat is empty" not in str(e):
+                raise
+            filters = {k: config[k] for k in ("user_inter_num_interval", "item_inter_num_interval",
+                                               "val_interval", "filter_inter_by_user_or_item") if config[k]}
+            raise DataError(f"no interactions of {config['dataset']} are left after RecBole's filters "
+                            f"({filters}); loosen them") from None
         if log:
             log.info(dataset)
-        train, valid, test = data_preparation(config, dataset)
+        try:
+            train, valid, test = data_preparation(config, dataset)
+        except ValueError as e:  # torch's sampler refuses an empty train split
+            if "num_samples" not in str(e):
+                raise
+            raise DataError(f"the train split of {config['dataset']} is empty: under eval_args split "
+                            f"{config['eval_args']['split']} each user's last interactions go to valid/test and "
+                            "none is left to train on; users need more interactions") from None
     if hasattr(type(train._dataset), "prepare_text_features"):
         # text vectors, user texts, task targets: from the train split
         train._dataset.prepare_text_features(user_texts_up_front=not serving)

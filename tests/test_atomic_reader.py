@@ -181,3 +181,51 @@ def test_user_slice_keeps_whole_users_and_only_their_rows(tmp_path):
     assert (tmp_path / "ml-100k" / "ml-100k.inter").read_text() == before
     with pytest.raises(DataError, match="nothing to slice"):
         write_user_slice(str(tmp_path), str(tmp_path / "out"), 5, name="missing")
+
+
+def _rename(old, new):
+    return lambda lines: [lines[0].replace(old, new, 1)] + lines[1:]
+
+
+def _blank_users(lines):  # lines 3 and 5 of the file lose their user id
+    return [("\t" + line.split("\t", 1)[1]) if k in (2, 4) else line for k, line in enumerate(lines)]
+
+
+@pytest.mark.parametrize("suffix, edit, extra, message", [
+    ("inter", lambda lines: lines[:1], {}, r"amazon.inter has a header but no rows; add rows$"),
+    ("item", lambda lines: lines[:1], {}, r"amazon.item has a header but no rows; add rows, or remove the file"),
+    ("inter", _rename("user_id:", "uid:"), {}, r"amazon.inter has no 'user_id' column \(USER_ID_FIELD; columns: "
+                                                r"\['uid', 'item_id', 'timestamp'\]\); rename"),
+    ("item", _rename("item_id:", "iid:"), {}, r"amazon.item has no 'item_id' column \(ITEM_ID_FIELD"),
+    ("inter", lambda lines: lines, {"TIME_FIELD": "ts"}, r"has no 'ts' column \(TIME_FIELD"),
+    ("inter", lambda lines: lines, {"load_col": {"inter": ["user_id", "item_id"]}},
+     r"load_col of 'inter' leaves out 'timestamp' \(TIME_FIELD\), which RecBole needs"),
+    ("inter", _rename("timestamp:float", "timestamp:token"), {},
+     r"column 'timestamp' \(TIME_FIELD\) is typed token; write it as timestamp:float"),
+    ("inter", _blank_users, {}, r"amazon.inter: 2 row\(s\) have an empty user_id \(lines 3, 5\)"),
+    ("inter", lambda lines: lines, {"encoding": "foo"}, r"encoding 'foo' \(reading .*amazon.inter\) is not a known"),
+])
+def test_files_without_what_recbole_needs_are_named(root, suffix, edit, extra, message):
+    """Each was a bare RecBole/pandas error (KeyError: 'user_id', ValueError: Some feat is empty,
+    uid_field must be loaded ..., LookupError), or, for empty ids, one fake user of every such row."""
+    path = root / "amazon" / f"amazon.{suffix}"
+    _write(path, edit(_lines(path)))
+    with pytest.raises(DataError, match=message):
+        build_config("SASRec", "amazon", config_dict={"data_path": str(root), "state": "ERROR", **extra})
+
+
+def test_nothing_left_to_train_on_is_one_error(root):
+    """RecBole's filters leaving no interaction (ValueError: Some feat is empty) and a train split
+    without rows (torch's num_samples=0) were tracebacks."""
+    from recbole_llm_mtl.build import build_from_args
+
+    config = {"data_path": str(root), "state": "ERROR"}
+    with pytest.raises(DataError, match=r"no interactions of amazon are left after RecBole's filters \(.*"
+                                        r"'user_inter_num_interval': '\[1000,inf\)'.*\); loosen them"):
+        build_from_args("SASRec", "amazon", config_dict={**config, "user_inter_num_interval": "[1000,inf)"})
+    path = root / "amazon" / "amazon.inter"
+    lines, seen = _lines(path), set()
+    firsts = [lines[0]] + [line for line in lines[1:] if not (line.split("\t")[0] in seen or seen.add(line.split("\t")[0]))]
+    _write(path, firsts)  # one interaction per user: no (history -> target) row at all
+    with pytest.raises(DataError, match=r"the train split of amazon is empty: under eval_args split \{'LS'"):
+        build_from_args("SASRec", "amazon", config_dict=config)

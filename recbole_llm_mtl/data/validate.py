@@ -65,6 +65,9 @@ def fingerprint_changes(saved, current, order_matters=True):
 def _decode(path, raw, encoding):
     try:
         text = raw.decode(encoding)
+    except LookupError:
+        raise DataError(f"encoding {encoding!r} (reading {path}) is not a known text encoding; "
+                        "set encoding to e.g. utf-8 or latin-1") from None
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: bytes {raw[e.start:e.end]!r} are not valid {encoding}; "
@@ -123,13 +126,49 @@ def check_atomic_file(path, id_field=None, encoding="utf-8", separator="\t"):
     return table
 
 
+def _check_columns(table, config, suffix, loaded_columns):
+    """The columns RecBole needs from this file are there, with a type it can use, and every
+    row has its ids: RecBole itself fails later with a bare ``KeyError: 'user_id'``, a
+    ``ValueError: Some feat is empty`` or merges rows of an empty id into one user."""
+    needs = {"inter": ["USER_ID_FIELD", "ITEM_ID_FIELD"], "item": ["ITEM_ID_FIELD"], "user": ["USER_ID_FIELD"]}[suffix]
+    order = (config["eval_args"] or {}).get("order")
+    if suffix == "inter" and order == "TO" and config["TIME_FIELD"]:
+        needs.append("TIME_FIELD")  # ordering by time needs it
+    for key in needs:
+        field = config[key]
+        if not field:
+            continue
+        if field not in table.names:
+            raise DataError(f"{table.path} has no '{field}' column ({key}; columns: {table.names}); "
+                            f"rename the column in the header or set {key} to the column's name")
+        if loaded_columns is not None and field not in loaded_columns:
+            raise DataError(f"load_col of '{suffix}' leaves out '{field}' ({key}), which RecBole needs; add it")
+        kind = table.types[table.names.index(field)]
+        wanted = "float" if key == "TIME_FIELD" else "token"
+        if kind != wanted:
+            raise DataError(f"{table.path}: column '{field}' ({key}) is typed {kind}; write it as {field}:{wanted}")
+        if key != "TIME_FIELD":
+            empty = [n for n, v in zip(table.lines, table.column(field)) if not v.strip()]
+            if empty:
+                lines = ", ".join(map(str, empty[:5])) + (" ..." if len(empty) > 5 else "")
+                raise DataError(f"{table.path}: {len(empty)} row(s) have an empty {field} (lines {lines}); "
+                                f"fill in the id or drop the row")
+    if not table.rows:
+        hint = "" if suffix == "inter" else f", or remove the file (or '{suffix}' from load_col)"
+        raise DataError(f"{table.path} has a header but no rows; add rows{hint}")
+
+
 def check_dataset_files(config):
-    """Validate ``<name>.inter`` and the ``.item``/``.user`` files next to it."""
+    """Validate ``<name>.inter`` and the ``.item``/``.user`` files next to it: each parses,
+    ids are unique, and the files RecBole will load hold the columns it needs."""
     path, name = config["data_path"], config["dataset"]
     encoding = config["encoding"] or "utf-8"
     sep = config["field_separator"] or "\t"
+    load_col = config["load_col"]
     ids = {"inter": None, "item": config["ITEM_ID_FIELD"], "user": config["USER_ID_FIELD"]}
     for suffix, id_field in ids.items():
         f = os.path.join(path, f"{name}.{suffix}")
         if os.path.isfile(f):
-            check_atomic_file(f, id_field, encoding, sep)
+            table = check_atomic_file(f, id_field, encoding, sep)
+            if load_col is None or suffix in load_col:  # RecBole loads it
+                _check_columns(table, config, suffix, None if load_col is None else load_col[suffix])

@@ -157,9 +157,12 @@ def _eval_args_ok(value, config):
         return False
     if not isinstance(split, dict) or len(split) != 1 or not set(split) <= {"RS", "LS"}:
         return False
+    if "LS" in split and split["LS"] != "valid_and_test":  # runs select on valid, then test
+        return False
+    sequential = getattr(config.get("MODEL_TYPE"), "name", None) == "SEQUENTIAL"
     value_metrics = metric_types.get(metric_names(config["metrics"])[0].lower()).name == "VALUE"
     return (all(_eval_mode_ok(m) for m in eval_modes(value))
-            and value.get("order", "RO") in ("RO", "TO")
+            and value.get("order", "RO") in (("TO",) if sequential else ("RO", "TO"))
             and value.get("group_by", "user") in ("user", "none", None)
             and (not value_metrics or "full" not in eval_modes(value)))
 
@@ -186,9 +189,9 @@ PROTOCOL_RULES = {
         lambda v, c: isinstance(v, str) and v.lower() in computed_metrics(c),
         lambda c: "one of the computed metrics " + ", ".join(computed_metrics(c))
                   + " (any case; set metrics and topk to compute others)"),
-    "eval_args": Check(_eval_args_ok, "a mapping with split {RS: [...]} or {LS: ...}, mode " + EVAL_MODES
-                       + " (or {valid: ..., test: ...}), order RO or TO, group_by user or none; "
-                       "value metrics need mode labeled"),
+    "eval_args": Check(_eval_args_ok, "a mapping with split {RS: [...]} or {LS: valid_and_test}, mode " + EVAL_MODES
+                       + " (or {valid: ..., test: ...}), order RO or TO (TO for sequential models), group_by "
+                       "user or none; value metrics need mode labeled"),
     "learning_rate": POSITIVE_NUMBER,
     "weight_decay": number_in(0),
     "learner": one_of(*LEARNERS, case_sensitive=False),
@@ -206,6 +209,11 @@ PROTOCOL_RULES = {
     "show_progress": BOOLEAN,
     "repeatable": BOOLEAN,
     "log_wandb": BOOLEAN,
+    "use_gpu": BOOLEAN,
+    "state": one_of("info", "debug", "warning", "error", "critical", case_sensitive=False),
+    # RecBole makes it with makedirs: an empty path or a file there was an OS traceback
+    "checkpoint_dir": Check(lambda v, c: isinstance(v, str) and v.strip() != "" and not os.path.isfile(v),
+                            "a folder path (not empty, not an existing file)"),
 }
 
 

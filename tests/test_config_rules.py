@@ -110,6 +110,17 @@ BAD = [
                                      "by behavior_loss"),
     ("SASRec", {"train_neg_sample_args": {"distribution": "uniform", "sample_num": 0}},
      "train_neg_sample_args {'distribution': 'uniform', 'sample_num': 0} is not allowed"),
+    # each passed this table and failed later: RecBole's ValueError ("has to be 'TO'"), a
+    # TypeError after a full epoch (no valid split), makedirs' FileExistsError / FileNotFoundError
+    ("SASRec", {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "RO", "mode": "full"}},
+     "eval_args {'split': {'LS': 'valid_and_test'}, 'order': 'RO', 'mode': 'full'} is not allowed: expected "
+     "a mapping with split {RS: [...]} or {LS: valid_and_test}"),
+    ("BPR", {"eval_args": {"split": {"LS": "test_only"}, "order": "TO", "mode": "full"}},
+     "eval_args {'split': {'LS': 'test_only'}, 'order': 'TO', 'mode': 'full'} is not allowed"),
+    ("SASRec", {"checkpoint_dir": ""}, "checkpoint_dir '' is not allowed: expected a folder path (not empty"),
+    ("SASRec", {"checkpoint_dir": __file__}, f"checkpoint_dir {__file__!r} is not allowed"),
+    ("SASRec", {"state": "FOO"}, "state 'FOO' is not allowed: expected one of info, debug"),
+    ("SASRec", {"use_gpu": "yes"}, "use_gpu 'yes' is not allowed: expected True or False"),
 ]
 
 

@@ -18,7 +18,7 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_llm_mtl.build import build
 from recbole_llm_mtl.config import build_config
 from recbole_llm_mtl.data.dataset import readable_files
-from recbole_llm_mtl.errors import LLMMTLError
+from recbole_llm_mtl.errors import ConfigError, LLMMTLError
 from recbole_llm_mtl.trainer import kept_epoch, make_trainer, plain_config
 
 
@@ -171,10 +171,38 @@ def parse_with_overrides(parser, argv):
     return args, overrides
 
 
+def check_launch_args(args):
+    """The arguments that are not config keys, before anything starts: a bad process-group
+    value was a gloo error or a hang, ``--nproc=0`` and ``--resume=`` were silently ignored."""
+    if args.resume == "":
+        raise ConfigError("--resume needs a checkpoint path (saved/<model>-<time>-<id>-last.pth)")
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc} is not allowed: expected a positive integer (processes on this machine)")
+    if args.world_size != -1 and args.world_size < args.nproc:
+        raise ConfigError(f"--world_size {args.world_size} is not allowed: expected -1 (the same as --nproc) or "
+                          f"at least --nproc ({args.nproc}): the processes of all machines together")
+    world = args.nproc if args.world_size == -1 else args.world_size
+    if not 0 <= args.group_offset <= world - args.nproc:
+        raise ConfigError(f"--group_offset {args.group_offset} is not allowed: expected 0 to {world - args.nproc} "
+                          "(world_size - nproc): the global rank of this machine's first process")
+    if not str(args.port).isdigit() or not 0 < int(args.port) < 65536:
+        raise ConfigError(f"--port {args.port!r} is not allowed: expected a port number from 1 to 65535")
+
+
+def _log_to_file(message):
+    """The run's log file keeps the error; stderr shows it once, as the ``error:`` line."""
+    root = logging.getLogger()
+    record = root.makeRecord(root.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def main(argv=None):
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     files = args.config_files.split() if args.config_files else None
     try:
+        check_launch_args(args)
         if args.nproc > 1 or args.world_size > 1:
             from recbole_llm_mtl.distributed import run_distributed
 
@@ -186,7 +214,7 @@ def main(argv=None):
             result = run(args.model, args.dataset, files, cmd_overrides=overrides, resume=args.resume,
                          evaluate_test=not args.valid_only)
     except LLMMTLError as e:
-        logging.getLogger().error(str(e))
+        _log_to_file(str(e))
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result["resumed_at_epoch"] is not None:

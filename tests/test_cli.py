@@ -12,6 +12,7 @@ from conftest import ROOT, build, tiny_overrides
 from recbole_llm_mtl.benchmark import RUNS
 from recbole_llm_mtl.config import build_config, get_model_class
 from recbole_llm_mtl.errors import ConfigError
+from recbole_llm_mtl.quick_start import main as cli_main
 from recbole_llm_mtl.quick_start import run
 
 
@@ -91,6 +92,7 @@ def test_cli_errors_are_one_clear_line(tiny_root, workdir):
     proc = _cli(["--model=NoSuchModel", "--dataset=amazon"], workdir)
     assert proc.returncode == 2 and "unknown model 'NoSuchModel'" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("unknown model 'NoSuchModel'") == 1  # was twice: a bare log line, then error:
     proc = _cli(["--model=SASRec", "--dataset=nowhere"], workdir)
     assert proc.returncode == 2 and "dataset folder" in proc.stderr and "nowhere" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -98,6 +100,20 @@ def test_cli_errors_are_one_clear_line(tiny_root, workdir):
     proc = _cli(["--model=LLMMTL", "--dataset=amazn"], workdir)
     assert proc.returncode == 2 and "dataset folder" in proc.stderr and "amazn" in proc.stderr
     assert "did you mean 'amazon'" in proc.stderr and "item_text_fields" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nproc=0"], "--nproc 0 is not allowed: expected a positive integer"),  # ran as one process
+    (["--nproc=2", "--world_size=1"], "--world_size 1 is not allowed: expected -1"),  # gloo: rank < size
+    (["--world_size=2", "--group_offset=5"], "--group_offset 5 is not allowed: expected 0 to 1"),  # hung
+    (["--nproc=2", "--port=abc"], "--port 'abc' is not allowed"),  # ValueError from torch
+    (["--resume="], "--resume needs a checkpoint path"),  # a fresh run started
+])
+def test_launch_arguments_are_checked_first(args, message, tiny_root, workdir, capsys):
+    tiny = [f"--data_path={tiny_root}", "--epochs=1", "--show_progress=False", "--state=ERROR"]
+    assert cli_main(["--model=SASRec", "--dataset=amazon"] + tiny + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err
 
 
 def test_shipped_datasets_are_found_from_any_folder(workdir):

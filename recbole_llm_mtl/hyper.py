@@ -422,6 +422,8 @@ def main(argv=None):
     files = args.config_files.split() if args.config_files else None
     warn_unknown_keys(overrides, "the command line")
     try:
+        if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+            raise LLMMTLError(f"--output_dir '{args.output_dir}' is a file: give a folder for the search's reports")
         if args.params_file:
             tune(args.model, args.dataset, args.params_file, args.algo, args.max_evals, args.early_stop, files,
                  overrides, args.output_dir, args.evaluate_test)

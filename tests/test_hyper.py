@@ -250,6 +250,14 @@ def test_exhaustive_search_over_a_range_is_refused(tiny_root, cache_dir, workdir
     assert not os.path.exists(workdir / "out" / "SASRec-amazon.trials.jsonl")
 
 
+def test_output_dir_that_is_a_file(workdir, capsys):
+    """Was a FileExistsError traceback from makedirs."""
+    (workdir / "taken").write_text("x")
+    (workdir / "space.hyper").write_text("learning_rate choice [0.001]\n")
+    assert main(["--model=SASRec", "--params_file=space.hyper", "--output_dir=taken"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --output_dir 'taken' is a file: give a folder for the search's reports"
+
+
 def test_space_file_encoding(workdir):
     path = workdir / "space.hyper"
     path.write_bytes("\ufeffhidden_size choice [64,128]\n".encode("utf-8"))  # a Windows editor's BOM

@@ -83,7 +83,9 @@ def get_model_class(name):
     builtin = recbole_models()
     if name in builtin:
         return builtin[name]
-    close = difflib.get_close_matches(name, list(plugins) + list(builtin), n=3, cutoff=0.5)
+    names = list(plugins) + list(builtin)
+    same_letters = [n for n in names if n.lower() == name.lower()]  # model names are case-sensitive
+    close = same_letters or difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(f"unknown model '{name}'.{hint} Available: {', '.join(plugins)} (ours) and "
                       f"RecBole's {', '.join(sorted(builtin))}")

@@ -302,8 +302,12 @@ class Recommender:
 
 
 def _read_lines(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: an editor's BOM is not part of an id
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (bytes {e.object[e.start:e.start + 4]!r} at byte {e.start}); "
+                          "re-save it as UTF-8") from None
 
 
 def _print_text(result, new_items):
@@ -339,6 +343,10 @@ def main(argv=None):
         new_items = list(args.item_text) + (_read_lines(args.items_file) if args.items_file else [])
         if not users and not new_items:
             parser.error("give --user, --users-file, --item-text or --items-file")
+        if users and new_items:  # one ranking per request: users' items, or a new item's users
+            raise ConfigError("give users (--user, --users-file) or new items (--item-text, --items-file), not both")
+        if any(not text.strip() for text in new_items):
+            raise ConfigError("--item-text '' is empty: give the new item's text (title, brand, ...)")
         if args.topk < 1:
             raise ConfigError(f"--topk {args.topk} is out of range: give a number from 1")
         rec = Recommender(args.checkpoint, args.data_path)

@@ -86,6 +86,9 @@ def test_unknown_model_lists_available():
     with pytest.raises(ConfigError) as e:
         get_model_class("SASrec")
     assert "Did you mean SASRec" in str(e.value) and "LLMMTL" in str(e.value) and "LightGCN" in str(e.value)
+    for typed, meant in (("sasrec", "SASRec"), ("llmmtl", "LLMMTL")):  # were "Caser" and no hint
+        with pytest.raises(ConfigError, match=f"unknown model '{typed}'. Did you mean {meant}\\?"):
+            get_model_class(typed)
 
 
 def test_cli_errors_are_one_clear_line(tiny_root, workdir):

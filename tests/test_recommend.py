@@ -180,6 +180,20 @@ def test_topk_out_of_range_is_one_line(checkpoint, own_root, capsys):
     assert len(json.loads(capsys.readouterr().out)[0]["recommendations"]) == 3
 
 
+def test_request_errors_before_loading(tmp_path, capsys):
+    """A users file with non-UTF-8 bytes was a UnicodeDecodeError traceback; --user with
+    --item-text dropped the user without a word; an empty --item-text was ranked."""
+    users = tmp_path / "users.txt"
+    users.write_bytes(b"U1\ncaf\xe9\n")
+    for args, message in ((["--users-file", str(users)], f"error: {users}: not UTF-8 text (bytes b'\\xe9\\n'"),
+                          (["--user", "U1", "--item-text", "gloves"], "error: give users (--user, --users-file) or "
+                                                                         "new items (--item-text, --items-file), not both"),
+                          (["--item-text", ""], "error: --item-text '' is empty")):
+        assert main(["--checkpoint", str(tmp_path / "none.pth")] + args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(message) and "\n" not in err, err
+
+
 def test_score_is_the_logit(checkpoint, own_root):
     """The printed score was sigmoid(logit): 0.999606, 0.999527, ... for a whole top-5. It is
     the logit now: its sigmoid is what the model's full_sort_predict returns."""

@@ -1144,6 +1144,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker)
+    if args.max_seeds < 1:  # a list slice: -1 meant "all but the last seed", 0 no run at all
+        parser.error(f"--max_seeds {args.max_seeds}: give a positive number of seeds per row")
+    if args.models == []:  # `--models` with no names read as "every row", the full benchmark
+        parser.error("--models needs at least one row name; leave it out for every row")
     unknown = [m for m in (args.models or []) if m not in RUNS]
     if unknown:
         parser.error(f"unknown benchmark rows {unknown}; choose from {list(RUNS)}")

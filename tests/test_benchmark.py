@@ -302,6 +302,17 @@ def test_harness_bad_data_folder_is_one_line(workdir):
     assert "Traceback" not in proc.stderr and "training" not in proc.stdout
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--models", "BPR", "--max_seeds", "-1"], "--max_seeds -1: give a positive number"),  # ran 2 seeds
+    (["--models", "BPR", "--max_seeds", "0"], "--max_seeds 0: give a positive number"),  # ran nothing
+    (["--models"], "--models needs at least one row name"),  # ran every row
+])
+def test_harness_row_and_seed_arguments(args, message, workdir, capsys):
+    from recbole_llm_mtl.benchmark import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--dataset", "amazon", "--out", str(workdir / "results"), "--data_path", str(workdir / "nowhere")] + args)
+    assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
 
 def test_fingerprint_changes_name_each_kind_of_change(tiny_root):
     """A file gone, a file new, other rows, other content: each named as what happened."""

@@ -214,6 +214,19 @@ def test_files_without_what_recbole_needs_are_named(root, suffix, edit, extra, m
         build_config("SASRec", "amazon", config_dict={"data_path": str(root), "state": "ERROR", **extra})
 
 
+def test_empty_file_and_other_separator_are_named(root):
+    """A 0-byte .inter reported "header columns ['']"; --field_separator=, said "tab-separated"."""
+    inter = root / "amazon" / "amazon.inter"
+    lines = _lines(inter)
+    inter.write_text("")
+    with pytest.raises(DataError, match=r"amazon.inter has no header line \(an empty first line or an empty file\)"):
+        build_config("SASRec", "amazon", config_dict={"data_path": str(root), "state": "ERROR"})
+    _write(inter, [line.replace("\t", ",") for line in lines[:3]] + ["U,I,1,extra"])
+    with pytest.raises(DataError, match=r"amazon.inter, line 4: 4 comma-separated values but the header has 3 "
+                                        r"columns; a value holds a comma"):
+        build_config("SASRec", "amazon", config_dict={"data_path": str(root), "state": "ERROR", "field_separator": ","})
+
+
 def test_nothing_left_to_train_on_is_one_error(root):
     """RecBole's filters leaving no interaction (ValueError: Some feat is empty) and a train split
     without rows (torch's num_samples=0) were tracebacks."""

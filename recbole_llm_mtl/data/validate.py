@@ -90,6 +90,9 @@ def read_atomic_file(path, encoding="utf-8", separator="\t"):
     trailing tabs), one with more is an error. Empty lines are skipped."""
     with open(path, "rb") as f:
         lines = _decode(path, f.read(), encoding).split("\n")
+    if not lines[0].strip():
+        raise DataError(f"{path} has no header line (an empty first line or an empty file); the first line "
+                        "names the columns as name:type (e.g. user_id:token)")
     names, types = _header(path, lines[0].rstrip("\r"), separator)
     rows, numbers = [], []
     for lineno, line in enumerate(lines[1:], 2):
@@ -98,8 +101,9 @@ def read_atomic_file(path, encoding="utf-8", separator="\t"):
             continue
         values = line.split(separator)
         if len(values) > len(names):
-            raise DataError(f"{path}, line {lineno}: {len(values)} tab-separated values but the header has "
-                            f"{len(names)} columns; a value holds a tab, or the row is malformed")
+            what = {"\t": "tab", ",": "comma", ";": "semicolon", " ": "space"}.get(separator, repr(separator))
+            raise DataError(f"{path}, line {lineno}: {len(values)} {what}-separated values but the header has "
+                            f"{len(names)} columns; a value holds a {what}, or the row is malformed")
         rows.append(values + [""] * (len(names) - len(values)))
         numbers.append(lineno)
     return AtomicFile(path, names, types, rows, numbers)

@@ -57,8 +57,8 @@ def build(config, log=None, serving=False):
                 raise
             filters = {k: config[k] for k in ("user_inter_num_interval", "item_inter_num_interval",
                                                "val_interval", "filter_inter_by_user_or_item") if config[k]}
-            raise DataError(f"no interactions of {config['dataset']} are left after RecBole's filters "
-                            f"({filters}); loosen them") from None
+            raise DataError(f"no rows of {config['dataset']} (interactions, or the users or items they "
+                            f"name) are left after RecBole's filters ({filters}); loosen them") from None
         if log:
             log.info(dataset)
         try:
@@ -66,9 +66,9 @@ def build(config, log=None, serving=False):
         except ValueError as e:  # torch's sampler refuses an empty train split
             if "num_samples" not in str(e):
                 raise
-            raise DataError(f"the train split of {config['dataset']} is empty: under eval_args split "
-                            f"{config['eval_args']['split']} each user's last interactions go to valid/test and "
-                            "none is left to train on; users need more interactions") from None
+            raise DataError(f"the train split of {config['dataset']} is empty under eval_args split "
+                            f"{config['eval_args']['split']}: nothing is left to train on once valid and test "
+                            "are taken; users need more interactions, or change the split") from None
     if hasattr(type(train._dataset), "prepare_text_features"):
         # text vectors, user texts, task targets: from the train split
         train._dataset.prepare_text_features(user_texts_up_front=not serving)

@@ -11,6 +11,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 
 import torch
 import yaml
@@ -91,6 +92,19 @@ def get_model_class(name):
                       f"RecBole's {', '.join(sorted(builtin))}")
 
 
+def model_code_keys(model_class):
+    """The ``config["key"]`` names the model's own code reads (RecBole reads some keys, e.g.
+    AutoInt's ``has_residual``, that no YAML file declares): its class and base classes."""
+    keys = set()
+    for cls in inspect.getmro(model_class):
+        try:
+            source = inspect.getsource(inspect.getmodule(cls))
+        except (TypeError, OSError):  # built-ins, or no source file
+            continue
+        keys.update(re.findall(r"config\[\s*[\"'](\w+)[\"']\s*\]", source))
+    return keys
+
+
 def known_config_keys():
     """Every key documented in RecBole's YAML files and ours (for typo warnings)."""
     import recbole
@@ -108,7 +122,7 @@ def known_config_keys():
                  "port", "group_offset", "offset", "local_rank", "gpu_id", "use_gpu",
                  "benchmark_filename", "MODEL_TYPE", "MODEL_INPUT_TYPE", "device", "single_spec",
                  "train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args",
-                 "eval_type", "is_multi_label", "warm_up_step", "save_dataset", "save_dataloaders"})
+                 "eval_type", "is_multi_label", "warm_up_step", "save_dataset", "save_dataloaders", "encoding"})
     return keys
 
 

@@ -210,7 +210,7 @@ PROTOCOL_RULES = {
     "repeatable": BOOLEAN,
     "log_wandb": BOOLEAN,
     "use_gpu": BOOLEAN,
-    "state": one_of("info", "debug", "warning", "error", "critical", case_sensitive=False),
+    "state": optional(one_of("info", "debug", "warning", "error", "critical", case_sensitive=False)),  # ~: INFO
     # RecBole makes it with makedirs: an empty path or a file there was an OS traceback
     "checkpoint_dir": Check(lambda v, c: isinstance(v, str) and v.strip() != "" and not os.path.isfile(v),
                             "a folder path (not empty, not an existing file)"),

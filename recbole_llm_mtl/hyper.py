@@ -27,7 +27,7 @@ import sys
 
 from recbole.trainer import HyperTuning
 
-from recbole_llm_mtl.config import get_model_class, known_config_keys, warn_unknown_keys
+from recbole_llm_mtl.config import get_model_class, known_config_keys, model_code_keys, warn_unknown_keys
 from recbole_llm_mtl.errors import LLMMTLError
 from recbole_llm_mtl.provenance import file_sha1, parts_commits, read_jsonl, read_parts, record_part
 from recbole_llm_mtl.quick_start import parse_with_overrides, run
@@ -37,7 +37,7 @@ ALGOS = ("exhaustive", "random", "bayes")
 SPACE_ARITY = {"uniform": 2, "quniform": 3, "loguniform": 2}  # numbers after the type; choice: a list
 
 
-def read_space(path):
+def read_space(path, model=None):
     """A RecBole ``.hyper`` file (``name type values`` per line) as HyperTuning's ``params_dict``.
 
     Returns ``(params_dict, decode)``. hyperopt cannot enumerate a choice whose options are
@@ -46,10 +46,12 @@ def read_space(path):
     ``decode(params)`` maps a sampled point back to the real values. Options are Python
     literals (RecBole evaluates them as any expression). Lines that are blank or start with
     ``#`` are skipped (RecBole's own reader does not allow comments); any other malformed line,
-    or a name defined twice, is named with its file and line.
+    or a name defined twice, is named with its file and line; with ``model``, so is a name that
+    no config file documents and the model's code does not read (a typo would run the same
+    trial again and again).
     """
     params, options, seen = {}, {}, {}
-    known = known_config_keys()
+    known = known_config_keys() | model_code_keys(get_model_class(model)) if model else None
     try:
         with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: an editor's BOM is not part of a name
             lines = f.read().splitlines()
@@ -67,7 +69,7 @@ def read_space(path):
         if name in seen:
             raise LLMMTLError(f"{where}: '{name}' is already defined on line {seen[name]}")
         seen[name] = number
-        if name not in known:  # a search over a key nothing reads runs the same trial again and again
+        if known is not None and name not in known:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             raise LLMMTLError(f"{where}: '{name}' is not a RecBole/LLMMTL config key"
                               + (f"; did you mean '{close[0]}'?" if close else ""))
@@ -156,11 +158,11 @@ def tune(model, dataset, params_file, algo="exhaustive", max_evals=20, early_sto
     trials = []
     fixed = _search_fixed(model, overrides, config_files)
 
-    space, decode = read_space(params_file)
-    if algo == "exhaustive" and set(space) != {"choice"}:  # hyperopt would draw one point and stop
-        ranged = sorted(name for kind, names in space.items() if kind != "choice" for name in names)
-        raise LLMMTLError(f"{params_file}: --algo=exhaustive enumerates choice lists only (it would run one "
-                          f"trial), but these take a range: {', '.join(ranged)}; use --algo=random or "
+    space, decode = read_space(params_file, model)
+    if algo == "exhaustive" and "choice" not in space:  # hyperopt would run one trial and call it the best
+        ranged = sorted(name for names in space.values() for name in names)
+        raise LLMMTLError(f"{params_file}: --algo=exhaustive enumerates choice lists, and this space has only "
+                          f"ranges ({', '.join(ranged)}): it would run one trial; use --algo=random or "
                           "--algo=bayes with --max_evals")
 
     def objective(params, fixed_files):

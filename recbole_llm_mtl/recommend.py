@@ -345,8 +345,9 @@ def main(argv=None):
             parser.error("give --user, --users-file, --item-text or --items-file")
         if users and new_items:  # one ranking per request: users' items, or a new item's users
             raise ConfigError("give users (--user, --users-file) or new items (--item-text, --items-file), not both")
-        if any(not text.strip() for text in new_items):
-            raise ConfigError("--item-text '' is empty: give the new item's text (title, brand, ...)")
+        blank = [text for text in new_items if not text.strip()]
+        if blank:
+            raise ConfigError(f"--item-text {blank[0]!r} is empty: give the new item's text (title, brand, ...)")
         if args.topk < 1:
             raise ConfigError(f"--topk {args.topk} is out of range: give a number from 1")
         rec = Recommender(args.checkpoint, args.data_path)

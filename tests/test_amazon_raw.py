@@ -200,3 +200,16 @@ def test_a_reconversion_replaces_the_dataset_whole_or_not_at_all(tmp_path, capsy
     main(base + ["--ratings", str(tmp_path / "fewer.csv"), "--overwrite"])
     assert sorted(p.name for p in out.iterdir()) == ["z.inter", "z.item"]  # the other data's reviews are gone
     assert len(_rows(out / "z.inter")) == len(rows) - 1
+
+
+def test_a_folder_where_a_dataset_file_goes_replaces_nothing(tmp_path):
+    """The renames at the end replaced .inter, then failed on a folder named like .item."""
+    from recbole_llm_mtl.data.atomic import write_atomic_files
+    from recbole_llm_mtl.errors import DataError
+
+    (tmp_path / "x.inter").write_text("old\n")
+    (tmp_path / "x.item").mkdir()
+    with pytest.raises(DataError, match=r"x.item is a folder where a dataset file goes"):
+        write_atomic_files(str(tmp_path), "x", overwrite=True, inter=(["user_id:token"], [("U",)]),
+                           item=(["item_id:token"], [("I",)]))
+    assert (tmp_path / "x.inter").read_text() == "old\n" and sorted(os.listdir(tmp_path)) == ["x.inter", "x.item"]

@@ -214,6 +214,13 @@ def test_files_without_what_recbole_needs_are_named(root, suffix, edit, extra, m
         build_config("SASRec", "amazon", config_dict={"data_path": str(root), "state": "ERROR", **extra})
 
 
+def test_load_all_columns_passes_the_column_checks(root):
+    """RecBole's load_col '*' (every column of the file) was read as a list without user_id."""
+    config = build_config("SASRec", "amazon", config_dict={"data_path": str(root), "state": "ERROR",
+                                                           "load_col": {"inter": "*", "item": "*"}})
+    assert config["load_col"] == {"inter": "*", "item": "*"}
+
+
 def test_empty_file_and_other_separator_are_named(root):
     """A 0-byte .inter reported "header columns ['']"; --field_separator=, said "tab-separated"."""
     inter = root / "amazon" / "amazon.inter"
@@ -233,12 +240,12 @@ def test_nothing_left_to_train_on_is_one_error(root):
     from recbole_llm_mtl.build import build_from_args
 
     config = {"data_path": str(root), "state": "ERROR"}
-    with pytest.raises(DataError, match=r"no interactions of amazon are left after RecBole's filters \(.*"
+    with pytest.raises(DataError, match=r"no rows of amazon \(interactions, or the users or items they name\) are left after RecBole's filters \(.*"
                                         r"'user_inter_num_interval': '\[1000,inf\)'.*\); loosen them"):
         build_from_args("SASRec", "amazon", config_dict={**config, "user_inter_num_interval": "[1000,inf)"})
     path = root / "amazon" / "amazon.inter"
     lines, seen = _lines(path), set()
     firsts = [lines[0]] + [line for line in lines[1:] if not (line.split("\t")[0] in seen or seen.add(line.split("\t")[0]))]
     _write(path, firsts)  # one interaction per user: no (history -> target) row at all
-    with pytest.raises(DataError, match=r"the train split of amazon is empty: under eval_args split \{'LS'"):
+    with pytest.raises(DataError, match=r"the train split of amazon is empty under eval_args split \{'LS'"):
         build_from_args("SASRec", "amazon", config_dict=config)

@@ -314,6 +314,7 @@ def test_harness_row_and_seed_arguments(args, message, workdir, capsys):
         main(["--dataset", "amazon", "--out", str(workdir / "results"), "--data_path", str(workdir / "nowhere")] + args)
     assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
 
+
 def test_fingerprint_changes_name_each_kind_of_change(tiny_root):
     """A file gone, a file new, other rows, other content: each named as what happened."""
     from recbole_llm_mtl.data.validate import fingerprint_changes, read_atomic_file

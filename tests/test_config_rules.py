@@ -135,6 +135,7 @@ def test_bad_value_stops_with_one_line(model, overrides, message, tiny_root):
 
 GOOD = [
     {},
+    {"state": None},                                  # RecBole's logger reads ~ as INFO
     {"valid_metric": "ndcg@50"},                      # RecBole compares metric names lowercased
     {"metrics": "NDCG", "topk": 10, "valid_metric": "NDCG@10"},  # RecBole's short forms
     {"metrics": ["Recall", "GAUC"], "valid_metric": "gauc"},     # a metric without @k

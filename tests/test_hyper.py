@@ -236,15 +236,25 @@ def test_bad_space_lines_are_named(workdir, text, message):
     path = workdir / "bad.hyper"
     path.write_text("hidden_size choice [64]\n" + text)
     with pytest.raises(LLMMTLError, match=message) as e:
-        read_space(str(path))
+        read_space(str(path), "SASRec")
     assert str(path) in str(e.value)
+
+
+def test_space_keys_the_model_reads_in_code_are_kept(workdir):
+    """RecBole models read some keys no YAML declares (AutoInt's has_residual): not typos."""
+    path = workdir / "autoint.hyper"
+    path.write_text("has_residual choice [True,False]\nlearning_rate choice [0.001]\n")
+    assert read_space(str(path), "AutoInt")[0]["choice"]["has_residual"] == [True, False]
+    with pytest.raises(LLMMTLError, match="'has_residual' is not a RecBole/LLMMTL config key"):
+        read_space(str(path), "SASRec")
 
 
 def test_exhaustive_search_over_a_range_is_refused(tiny_root, cache_dir, workdir):
     """hyperopt's exhaustive search drew a single point of a range and reported it as the best."""
     path = workdir / "range.hyper"
-    path.write_text("learning_rate loguniform -8,-2\nhidden_size choice [16,32]\n")
-    with pytest.raises(LLMMTLError, match="exhaustive enumerates choice lists only .* take a range: learning_rate;"):
+    path.write_text("learning_rate loguniform -8,-2\n")
+    with pytest.raises(LLMMTLError, match=r"exhaustive enumerates choice lists, and this space has only ranges "
+                                          r"\(learning_rate\): it would run one trial"):
         tune("SASRec", "amazon", str(path), "exhaustive", overrides=tiny_overrides(tiny_root, cache_dir),
              output_dir=str(workdir / "out"))
     assert not os.path.exists(workdir / "out" / "SASRec-amazon.trials.jsonl")

@@ -136,6 +136,7 @@ def convert(src, out, name="amazon", overwrite=False):
         inter=(["user_id:token", "item_id:token", "timestamp:float"], inter_rows),
         item=(["item_id:token", "title:token_seq", "categories:token_seq", "brand:token"], item_rows),
         overwrite=overwrite,
+        drop=("review",),  # another conversion's reviews in this folder: other data, which LLMMTL reads
     )
     return {"users": len(seqs), "items": len(items), "interactions": len(inter_rows),
             "items_without_categories": sum(1 for r in item_rows if not r[2])}

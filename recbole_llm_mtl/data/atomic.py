@@ -40,9 +40,14 @@ def dataset_files(out, name, suffixes, overwrite=False, drop=()):
     ``<name>.<suffix>`` files for the suffixes in ``drop``, left by an earlier run, are then
     removed), and removed otherwise, so a failed run replaces nothing. Yields
     ``{suffix: text file}``; refuses existing targets unless ``overwrite``."""
+    if set(drop) & set(suffixes):
+        raise ValueError(f"drop {sorted(set(drop) & set(suffixes))} names files this run writes")
     output_folder(out, name)
     targets = {suffix: os.path.join(out, f"{name}.{suffix}") for suffix in suffixes}
     stale = [os.path.join(out, f"{name}.{suffix}") for suffix in drop]
+    folders = [p for p in list(targets.values()) + stale if os.path.isdir(p)]
+    if folders:  # checked first, so the renames at the end cannot fail half-way on one
+        raise DataError(f"{', '.join(folders)} is a folder where a dataset file goes; move it away")
     existing = [p for p in list(targets.values()) + stale if os.path.exists(p)]
     if existing and not overwrite:
         raise DataError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
@@ -66,10 +71,11 @@ def dataset_files(out, name, suffixes, overwrite=False, drop=()):
                 os.unlink(tmp)
 
 
-def write_atomic_files(out, name, overwrite=False, **files):
-    """Write ``<out>/<name>.<suffix>`` for each ``suffix=(header, rows)`` given, all or none."""
+def write_atomic_files(out, name, overwrite=False, drop=(), **files):
+    """Write ``<out>/<name>.<suffix>`` for each ``suffix=(header, rows)`` given, all or none
+    (``drop``: see :func:`dataset_files`)."""
     rendered = {suffix: render(*spec) for suffix, spec in files.items()}
-    with dataset_files(out, name, list(files), overwrite=overwrite) as handles:
+    with dataset_files(out, name, list(files), overwrite=overwrite, drop=drop) as handles:
         for suffix, text in rendered.items():
             handles[suffix].write(text)
     return {suffix: os.path.join(out, f"{name}.{suffix}") for suffix in files}

@@ -175,4 +175,5 @@ def check_dataset_files(config):
         if os.path.isfile(f):
             table = check_atomic_file(f, id_field, encoding, sep)
             if load_col is None or suffix in load_col:  # RecBole loads it
-                _check_columns(table, config, suffix, None if load_col is None else load_col[suffix])
+                columns = None if load_col is None or load_col[suffix] == "*" else load_col[suffix]  # '*': all
+                _check_columns(table, config, suffix, columns)

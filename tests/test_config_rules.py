@@ -119,7 +119,7 @@ BAD = [
      "eval_args {'split': {'LS': 'test_only'}, 'order': 'TO', 'mode': 'full'} is not allowed"),
     ("SASRec", {"checkpoint_dir": ""}, "checkpoint_dir '' is not allowed: expected a folder path (not empty"),
     ("SASRec", {"checkpoint_dir": __file__}, f"checkpoint_dir {__file__!r} is not allowed"),
-    ("SASRec", {"state": "FOO"}, "state 'FOO' is not allowed: expected one of info, debug"),
+    ("SASRec", {"state": "FOO"}, "state 'FOO' is not allowed: expected ~ or one of info, debug"),
     ("SASRec", {"use_gpu": "yes"}, "use_gpu 'yes' is not allowed: expected True or False"),
 ]
 
